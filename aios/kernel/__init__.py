@@ -1,0 +1,1 @@
+"""The LLM kernel: syscalls, agent scheduler, context manager, LLM core and the other managers."""

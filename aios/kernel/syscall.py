@@ -1,0 +1,243 @@
+"""Syscall objects: the only way an agent talks to the kernel.
+
+A syscall is a pydantic request plus the bookkeeping an OS keeps for a call in flight:
+who made it, where it is in its life (queued -> running <-> suspended -> done | failed),
+when it was created, first scheduled and finished (waiting and turnaround time are derived
+from these, never stored twice), and its result or a typed error.
+
+Each module defines its own subclass next to the code that serves it (the LLM syscall is
+here because every other module is optional). A subclass names its ``kind``; the kernel routes
+on it. Callers wait on a syscall in a thread (``wait``) or in asyncio (``await syscall``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+
+class SyscallStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SyscallError(BaseModel):
+    """A typed failure: ``type`` is a stable machine-readable name, ``message`` is for people."""
+
+    type: str
+    message: str
+
+
+class SyscallFailed(RuntimeError):
+    """Raised by ``Syscall.wait`` when the syscall ended in FAILED."""
+
+    def __init__(self, syscall: Syscall):
+        self.syscall = syscall
+        self.error = syscall.error
+        super().__init__(f"{syscall.kind} syscall {syscall.id} failed: {syscall.error.type}: {syscall.error.message}")
+
+
+class SyscallRejected(ValueError):
+    """Raised at submission for a request the kernel will not accept (it is never queued)."""
+
+
+class Syscall(BaseModel):
+    """Base of every syscall. Subclasses add a typed ``request`` field and set ``kind``."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=False)
+
+    kind: ClassVar[str] = "base"
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    agent: str = Field(min_length=1, max_length=128, description="name of the calling agent")
+    status: SyscallStatus = SyscallStatus.QUEUED
+    created_at: float = Field(default_factory=time.time)
+    scheduled_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: SyscallError | None = None
+
+    _done: threading.Event = PrivateAttr(default_factory=threading.Event)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _callbacks: list = PrivateAttr(default_factory=list)
+
+    # -- derived metrics -------------------------------------------------------------------
+    @property
+    def waiting_time(self) -> float | None:
+        """Seconds from creation until the kernel first ran it."""
+        return None if self.scheduled_at is None else self.scheduled_at - self.created_at
+
+    @property
+    def turnaround_time(self) -> float | None:
+        """Seconds from creation until it finished (done or failed)."""
+        return None if self.finished_at is None else self.finished_at - self.created_at
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    # -- transitions (called by the kernel only) --------------------------------------------
+    def mark_running(self) -> None:
+        if self.scheduled_at is None:
+            self.scheduled_at = time.time()
+        self.status = SyscallStatus.RUNNING
+
+    def mark_suspended(self) -> None:
+        self.status = SyscallStatus.SUSPENDED
+
+    def complete(self, result: Any) -> None:
+        self._finish(SyscallStatus.DONE, result=result)
+
+    def fail(self, type: str, message: str) -> None:
+        self._finish(SyscallStatus.FAILED, error=SyscallError(type=type, message=message))
+
+    def _finish(self, status: SyscallStatus, result: Any = None, error: SyscallError | None = None) -> None:
+        with self._lock:
+            if self._done.is_set():
+                return
+            now = time.time()
+            if self.scheduled_at is None:
+                self.scheduled_at = now
+            self.finished_at = now
+            self.result, self.error, self.status = result, error, status
+            callbacks, self._callbacks = self._callbacks, []
+            self._done.set()
+        for cb in callbacks:
+            cb(self)
+
+    def add_done_callback(self, cb) -> None:
+        """Run ``cb(syscall)`` once it finishes (at once if it already has)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(cb)
+                return
+        cb(self)
+
+    # -- waiting --------------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until finished; return the result or raise ``SyscallFailed``/``TimeoutError``."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"{self.kind} syscall {self.id} not finished after {timeout}s")
+        if self.status is SyscallStatus.FAILED:
+            raise SyscallFailed(self)
+        return self.result
+
+    async def wait_async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def _wake(_: Syscall) -> None:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+        self.add_done_callback(_wake)
+        await fut
+        return self.wait(0)
+
+    def __await__(self):
+        return self.wait_async().__await__()
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "agent": self.agent,
+            "status": self.status.value,
+            "waiting_time": self.waiting_time,
+            "turnaround_time": self.turnaround_time,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM syscall
+# ---------------------------------------------------------------------------------------------
+
+
+class ToolCall(BaseModel):
+    """A function call the model asked for (OpenAI shape: a name and JSON arguments)."""
+
+    id: str = Field(default_factory=lambda: "call_" + uuid.uuid4().hex[:8])
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class Message(BaseModel):
+    """One chat turn, OpenAI style. Rendered with the model's own chat template."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class LLMRequest(BaseModel):
+    """What an agent asks the LLM core for.
+
+    ``priority``: lower values are served first (as with vLLM and Unix nice); default 0.
+    ``expected_tokens``: the caller's estimate of the answer's length, used by shortest-job-first.
+    ``choices``: constrain the answer to exactly one of these strings (constrained decoding).
+    ``retrieve_k``: ask the kernel to put the agent's k most relevant stored items in the context.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] = Field(min_length=1)
+    max_new_tokens: int = Field(128, ge=1, le=32768)
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+    num_beams: int = Field(1, ge=1, le=16)
+    length_penalty: float = 1.0
+    stop: list[str] = Field(default_factory=list, max_length=16)
+    priority: int = Field(0, ge=-100, le=100)
+    expected_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    choices: list[str] | None = Field(None, min_length=1)
+    retrieve_k: int = Field(0, ge=0, le=50)
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMRequest:
+        if self.num_beams > 1 and self.temperature > 0:
+            raise ValueError("beam search is deterministic: use temperature=0 with num_beams > 1")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+        if self.choices is not None and any(not c for c in self.choices):
+            raise ValueError("choices must be non-empty strings")
+        return self
+
+
+class LLMResponse(BaseModel):
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length", "eos", "choice", "aborted"]
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    preemptions: int = 0
+    beam_score: float | None = None
+
+
+class LLMSyscall(Syscall):
+    kind: ClassVar[str] = "llm"
+    request: LLMRequest
+    result: LLMResponse | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        m = super().metrics()
+        if self.result is not None:
+            m.update(
+                prompt_tokens=self.result.prompt_tokens,
+                completion_tokens=self.result.completion_tokens,
+                preemptions=self.result.preemptions,
+            )
+        return m
