@@ -1,0 +1,220 @@
+"""The kernel object: accepts syscalls, routes them to the module that serves them, keeps the records.
+
+There is no global kernel: every piece of state lives on a ``Kernel`` instance, so several
+kernels can live in one process (tests rely on it).
+
+Routing:
+- ``llm`` syscalls go to the LLM core (``self.llm``), which owns its own scheduler and runs its
+  batched steps on one dedicated thread (the model is not thread-safe, and one thread stepping a
+  batch is what makes batching possible at all);
+- every other kind goes to the handler a module registered with ``register``; those run on a
+  small thread pool, so a slow storage write never blocks token generation.
+
+Before any handler runs, the access hook (set by the access manager) may refuse it; a refusal
+fails that one syscall with a typed error and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aios.kernel.syscall import LLMSyscall, Syscall, SyscallRejected
+
+log = logging.getLogger("aios.kernel")
+
+
+class KernelConfig(BaseModel):
+    """Everything a kernel is built from. Defaults run the embedded SmolLM2 on the CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "smollm2",
+        description="'smollm2' (embedded default), a local path or hub name of a causal LM, "
+        "or 'openai:<base_url>#<model>' for an OpenAI-compatible server",
+    )
+    device: str = "auto"
+    dtype: str = "float32"
+    scheduler: Literal["fifo", "rr", "priority", "sjf"] = "rr"
+    quantum: int = Field(8, ge=1, description="round-robin time slice, in generated tokens")
+    aging: float = Field(1.0, ge=0.0, description="priority policy: priority points gained per second waited")
+    max_batch_size: int = Field(8, ge=1, description="rows (beams count) in one decode step")
+    max_batch_tokens: int = Field(4096, ge=16, description="tokens (prefill + decode) in one step")
+    batch_invariant: bool = Field(
+        True,
+        description="run every decode step at max_batch_size rows so a request's tokens do not depend "
+        "on who shares its batch (exact outputs under any schedule); off is faster for small batches",
+    )
+    kv_memory_budget_mb: float = Field(2048, ge=0, description="CPU memory for suspended KV caches; past it, disk")
+    spill_dir: Path | None = None
+    context_policy: Literal["truncate", "summarize"] = "truncate"
+    data_dir: Path | None = Field(None, description="where storage lives; a temporary directory when None")
+    cache_dir: Path | None = Field(None, description="model cache; ~/.cache/aios when None")
+    workers: int = Field(8, ge=1, description="threads serving non-LLM syscalls")
+
+
+class LLMCore(Protocol):
+    """What the kernel needs from an LLM core (local batched engine or remote backend)."""
+
+    def add(self, syscall: LLMSyscall) -> None: ...
+
+    def step(self) -> bool:
+        """Run one scheduling step; return False when there was nothing to do."""
+        ...
+
+    def has_work(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+Handler = Callable[[Syscall], Any]
+AccessHook = Callable[[Syscall], str | None]  # returns a refusal reason, or None to allow
+
+
+class Kernel:
+    def __init__(self, config: KernelConfig | None = None, *, llm: LLMCore | None = None, **overrides: Any):
+        cfg = (config or KernelConfig()).model_dump()
+        cfg.update(overrides)
+        self.config = KernelConfig(**cfg)
+        self._llm = llm
+        self._llm_lock = threading.Lock()
+        self._handlers: dict[str, Handler] = {}
+        self._access_hook: AccessHook | None = None
+        self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="aios-sys")
+        self._wake = threading.Condition()
+        self._stop = False
+        self._llm_thread: threading.Thread | None = None
+        self._history: deque[Syscall] = deque(maxlen=100_000)
+        self._history_lock = threading.Lock()
+        self.modules: dict[str, Any] = {}
+        self._install_modules()
+
+    # -- modules ---------------------------------------------------------------------------------
+    def _install_modules(self) -> None:
+        """Create the managers. Each registers the syscall kinds it serves."""
+        # The memory, storage, tool and access managers plug in here (see their modules).
+
+    def register(self, kind: str, handler: Handler) -> None:
+        """Serve syscalls of ``kind`` with ``handler`` (runs on the kernel's thread pool)."""
+        if kind == LLMSyscall.kind:
+            raise ValueError("llm syscalls are served by the LLM core")
+        self._handlers[kind] = handler
+
+    def set_access_hook(self, hook: AccessHook) -> None:
+        self._access_hook = hook
+
+    # -- LLM core ----------------------------------------------------------------------------------
+    @property
+    def llm(self) -> LLMCore:
+        """The LLM core, built on first use (a kernel used only for storage never loads a model)."""
+        with self._llm_lock:
+            if self._llm is None:
+                from aios.kernel.llm import build_llm_core
+
+                self._llm = build_llm_core(self.config)
+            if self._llm_thread is None and not self._stop:
+                self._llm_thread = threading.Thread(target=self._llm_loop, name="aios-llm", daemon=True)
+                self._llm_thread.start()
+            return self._llm
+
+    def _llm_loop(self) -> None:
+        core = self._llm
+        while True:
+            with self._wake:
+                while not self._stop and not core.has_work():
+                    self._wake.wait(0.5)
+                if self._stop:
+                    return
+            try:
+                core.step()
+            except Exception:  # a bug in one step must not kill the kernel: the core fails the batch
+                log.exception("LLM core step crashed")
+
+    # -- syscalls ----------------------------------------------------------------------------------
+    def submit(self, syscall: Syscall) -> Syscall:
+        """Accept a syscall (validated already by pydantic) and queue it. Returns it for chaining.
+
+        Raises ``SyscallRejected`` for a request no module serves or a kernel that is shut down;
+        nothing is queued then.
+        """
+        if not isinstance(syscall, Syscall):
+            raise SyscallRejected(f"expected a Syscall object, got {type(syscall).__name__}")
+        if self._stop:
+            raise SyscallRejected("kernel is shut down")
+        if syscall.kind != LLMSyscall.kind and syscall.kind not in self._handlers:
+            raise SyscallRejected(f"no module serves {syscall.kind!r} syscalls in this kernel")
+        with self._history_lock:
+            self._history.append(syscall)
+        if syscall.kind == LLMSyscall.kind:
+            self.llm.add(syscall)
+            with self._wake:
+                self._wake.notify_all()
+        else:
+            self._pool.submit(self._serve, syscall)
+        return syscall
+
+    def _serve(self, syscall: Syscall) -> None:
+        try:
+            if self._access_hook is not None:
+                reason = self._access_hook(syscall)
+                if reason is not None:
+                    syscall.fail("PermissionDenied", reason)
+                    return
+            syscall.mark_running()
+            syscall.complete(self._handlers[syscall.kind](syscall))
+        except Exception as exc:  # the error goes to the caller, the kernel carries on
+            syscall.fail(getattr(exc, "error_type", type(exc).__name__), str(exc))
+
+    def syscall(self, syscall: Syscall, timeout: float | None = None) -> Any:
+        """Submit and wait: the blocking form agent code uses."""
+        return self.submit(syscall).wait(timeout)
+
+    # -- records -----------------------------------------------------------------------------------
+    def history(self, agent: str | None = None, kind: str | None = None) -> list[Syscall]:
+        with self._history_lock:
+            return [s for s in self._history if (agent is None or s.agent == agent) and (kind is None or s.kind == kind)]
+
+    def metrics(self) -> dict[str, Any]:
+        """Per-syscall and per-agent waiting/turnaround, tokens and preemptions."""
+        done = [s for s in self.history() if s.finished]
+        per_agent: dict[str, dict[str, Any]] = {}
+        for s in done:
+            a = per_agent.setdefault(
+                s.agent, {"syscalls": 0, "waiting_time": 0.0, "turnaround_time": 0.0, "tokens": 0, "preemptions": 0}
+            )
+            m = s.metrics()
+            a["syscalls"] += 1
+            a["waiting_time"] += m["waiting_time"] or 0.0
+            a["turnaround_time"] += m["turnaround_time"] or 0.0
+            a["tokens"] += m.get("completion_tokens", 0)
+            a["preemptions"] += m.get("preemptions", 0)
+        return {"syscalls": [s.metrics() for s in done], "agents": per_agent}
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        if self._llm_thread is not None:
+            self._llm_thread.join(timeout=30)
+        if self._llm is not None:
+            self._llm.close()
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        for module in self.modules.values():
+            close = getattr(module, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
