@@ -1,0 +1,161 @@
+"""How agent code reaches its kernel: an agent context, syscall-style calls, and concurrent runs.
+
+Agent code never holds kernel internals; it holds an ``AgentContext`` (which kernel, which agent)
+and makes syscalls through it. The module-level functions (``aios.chat`` ...) use the context of
+the agent currently running in this thread or asyncio task (a ``ContextVar``, so each agent thread
+sees its own and several kernels can serve agents in one process).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from aios.kernel.kernel import Kernel
+from aios.kernel.syscall import LLMRequest, LLMResponse, LLMSyscall, Message, Syscall
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    kernel: Kernel
+    agent: str
+    group: str = "user"
+
+    def call(self, syscall: Syscall, timeout: float | None = None) -> Any:
+        """Submit a syscall and wait for its result (raises ``SyscallFailed`` on a typed error)."""
+        return self.kernel.submit(syscall).wait(timeout)
+
+
+_current: contextvars.ContextVar[AgentContext | None] = contextvars.ContextVar("aios_agent", default=None)
+
+
+def current() -> AgentContext:
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("no aios agent is running here: use `with aios.agent_context(kernel, name):` or Agent.run")
+    return ctx
+
+
+@contextmanager
+def agent_context(kernel: Kernel, agent: str, group: str = "user") -> Iterator[AgentContext]:
+    """Act as ``agent`` on ``kernel`` inside the block (scripts and tests use this directly)."""
+    ctx = AgentContext(kernel, agent, group)
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+class ChatResult(BaseModel):
+    """What a chat call gives back: the text, the full response and the syscall's timings."""
+
+    text: str
+    response: LLMResponse
+    syscall_id: str
+    waiting_time: float
+    turnaround_time: float
+
+
+def _as_messages(messages: str | list[Message] | list[dict]) -> list[Message]:
+    if isinstance(messages, str):
+        return [Message(role="user", content=messages)]
+    return [m if isinstance(m, Message) else Message(**m) for m in messages]
+
+
+def chat(messages: str | list[Message] | list[dict], *, timeout: float | None = None, **request: Any) -> ChatResult:
+    """Ask the LLM core. ``request`` takes any ``LLMRequest`` field (max_new_tokens, temperature...).
+
+    Invalid fields raise pydantic's ``ValidationError`` here, before anything reaches the kernel.
+    """
+    ctx = current()
+    sc = LLMSyscall(agent=ctx.agent, request=LLMRequest(messages=_as_messages(messages), **request))
+    resp: LLMResponse = ctx.call(sc, timeout)
+    return ChatResult(
+        text=resp.text,
+        response=resp,
+        syscall_id=sc.id,
+        waiting_time=sc.waiting_time or 0.0,
+        turnaround_time=sc.turnaround_time or 0.0,
+    )
+
+
+class AgentRun(BaseModel):
+    """The outcome of one agent's run: its output or its error, and its timings."""
+
+    agent: str
+    task: Any = None
+    output: Any = None
+    error: str | None = None
+    started_at: float
+    finished_at: float
+    syscalls: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def turnaround_time(self) -> float:
+        return self.finished_at - self.started_at
+
+    @property
+    def waiting_time(self) -> float:
+        """Time this agent's syscalls spent queued before the kernel first ran them."""
+        return sum(s.get("waiting_time") or 0.0 for s in self.syscalls)
+
+
+@dataclass
+class AgentSpec:
+    """One agent to run: a name, a callable taking the task, and the task."""
+
+    name: str
+    fn: Callable[[Any], Any]
+    task: Any = None
+    group: str = "user"
+    exits: list[Callable[[], None]] = field(default_factory=list)
+
+
+def run_agent(kernel: Kernel, spec: AgentSpec) -> AgentRun:
+    """Run one agent in the calling thread; an exception becomes the run's error, never the kernel's."""
+    started = time.time()
+    output, error = None, None
+    with agent_context(kernel, spec.name, spec.group):
+        try:
+            output = spec.fn(spec.task)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        finally:
+            for hook in spec.exits:
+                hook()
+    finished = time.time()
+    return AgentRun(
+        agent=spec.name,
+        task=spec.task,
+        output=output,
+        error=error,
+        started_at=started,
+        finished_at=finished,
+        syscalls=[s.metrics() for s in kernel.history(agent=spec.name) if s.created_at >= started],
+    )
+
+
+def run_agents(kernel: Kernel, specs: list[AgentSpec], max_concurrency: int | None = None) -> list[AgentRun]:
+    """Run agents concurrently against one kernel (one thread each); results in the input order."""
+    if not specs:
+        return []
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError("agent names must be unique within one run")
+    workers = max_concurrency or len(specs)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aios-agent") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, run_agent, kernel, s) for s in specs]
+        return [f.result() for f in futures]
