@@ -16,7 +16,7 @@
  *   burst_thresh_ns      average burst below which a task is interactive (2 ms)
  *   interactive_slice_ns slice for interactive tasks (default 2 ms)
  *   batch_slice_ns       slice for batch tasks (default 20 ms)
- *   batch_every          anti-starvation period in dispatches (default 8)
+ *   batch_every          anti-starvation period in dispatches (default 32)
  */
 #include "aios_scx.h"
 
@@ -25,7 +25,7 @@ char _license[] SEC("license") = "GPL";
 const volatile u64 burst_thresh_ns = 2000000;
 const volatile u64 interactive_slice_ns = 2000000;
 const volatile u64 batch_slice_ns = 20000000;
-const volatile u32 batch_every = 8;
+const volatile u32 batch_every = 32;
 
 #define HI_DSQ 0
 #define LO_DSQ 1
