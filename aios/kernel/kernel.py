@@ -53,12 +53,24 @@ class KernelConfig(BaseModel):
         description="run every decode step at max_batch_size rows so a request's tokens do not depend "
         "on who shares its batch (exact outputs under any schedule); off is faster for small batches",
     )
-    kv_memory_budget_mb: float = Field(2048, ge=0, description="CPU memory for suspended KV caches; past it, disk")
+    kv_memory_budget_mb: float = Field(
+        2048, ge=0, description="CPU memory for suspended KV caches; past it, disk"
+    )
     spill_dir: Path | None = None
     context_policy: Literal["truncate", "summarize"] = "truncate"
     data_dir: Path | None = Field(None, description="where storage lives; a temporary directory when None")
     cache_dir: Path | None = Field(None, description="model cache; ~/.cache/aios when None")
     workers: int = Field(8, ge=1, description="threads serving non-LLM syscalls")
+    storage_url: str | None = Field(
+        None, description="chromadb server URL (e.g. http://127.0.0.1:8000); embedded when None"
+    )
+    embedder: str = Field(
+        "minilm", description="'minilm' (offline all-MiniLM-L6-v2) or 'hash[:dim]' (tests only)"
+    )
+    memory_quota_kb: int = Field(1024, ge=1, description="per-agent memory quota")
+    memory_budget_mb: float = Field(
+        64, gt=0, description="resident agent memory, kernel-wide; past it, LRU items go to storage"
+    )
 
 
 class LLMCore(Protocol):
@@ -100,7 +112,9 @@ class Kernel:
     # -- modules ---------------------------------------------------------------------------------
     def _install_modules(self) -> None:
         """Create the managers. Each registers the syscall kinds it serves."""
-        # The memory, storage, tool and access managers plug in here (see their modules).
+        from aios.kernel.managers import install_managers
+
+        install_managers(self)
 
     def register(self, kind: str, handler: Handler) -> None:
         """Serve syscalls of ``kind`` with ``handler`` (runs on the kernel's thread pool)."""
@@ -180,7 +194,11 @@ class Kernel:
     # -- records -----------------------------------------------------------------------------------
     def history(self, agent: str | None = None, kind: str | None = None) -> list[Syscall]:
         with self._history_lock:
-            return [s for s in self._history if (agent is None or s.agent == agent) and (kind is None or s.kind == kind)]
+            return [
+                s
+                for s in self._history
+                if (agent is None or s.agent == agent) and (kind is None or s.kind == kind)
+            ]
 
     def metrics(self) -> dict[str, Any]:
         """Per-syscall and per-agent waiting/turnaround, tokens and preemptions."""
@@ -188,7 +206,8 @@ class Kernel:
         per_agent: dict[str, dict[str, Any]] = {}
         for s in done:
             a = per_agent.setdefault(
-                s.agent, {"syscalls": 0, "waiting_time": 0.0, "turnaround_time": 0.0, "tokens": 0, "preemptions": 0}
+                s.agent,
+                {"syscalls": 0, "waiting_time": 0.0, "turnaround_time": 0.0, "tokens": 0, "preemptions": 0},
             )
             m = s.metrics()
             a["syscalls"] += 1

@@ -1,0 +1,364 @@
+"""Access manager: who may do what to which resource, and a record of every decision.
+
+Model (kept small on purpose, like Unix owners + ACLs):
+- every agent has a privilege group: ``admin`` (may do anything), ``user`` (the default) or
+  ``guest`` (like a user, but runs only the tools that name ``guest``). The kernel's operator
+  assigns groups (``set_group``; admins can also do it by syscall). An agent's own claim about its
+  group (``AgentContext.group``) is never trusted.
+- a resource is ``(kind, owner, name)``: ``memory``, ``storage``, ``file`` and ``log`` resources are
+  owned by the agent whose namespace holds them (``name`` is an item id, key or path, ``*`` for
+  the whole namespace); ``tool`` resources are owned by whoever registered the tool (``kernel`` for
+  built-ins).
+- operations are ``read``, ``write`` and ``execute``. An owner may do anything to its own
+  resources; anyone else needs a grant on that resource (or on its namespace, ``*``) for that
+  operation. A tool runs for the groups it names, or for agents granted ``execute`` on it.
+- only the owner or an admin may grant or revoke.
+
+Every memory, storage and tool syscall goes through ``hook`` before its handler runs: the
+managers say which resources a syscall touches (``resources(syscall)``, computed from the same
+request object the handler will use, so crafted parameters cannot make the check and the action
+disagree) and each is checked here. Every decision, grant, revoke and group change is appended
+to ``audit.db`` (SQLite; triggers refuse UPDATE and DELETE), which admins query by syscall.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from aios.kernel.syscall import Syscall
+
+Group = Literal["admin", "user", "guest"]
+Operation = Literal["read", "write", "execute"]
+ResourceKind = Literal["memory", "storage", "file", "log", "tool"]
+GROUPS: tuple[str, ...] = ("admin", "user", "guest")
+
+
+class AccessDenied(Exception):
+    error_type = "PermissionDenied"
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    owner: str
+    name: str = "*"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.owner}/{self.name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Syscall
+# ---------------------------------------------------------------------------------------------
+
+
+class AccessRequest(BaseModel):
+    """Grant, revoke, group changes and audit queries.
+
+    For grant/revoke/check: ``kind``, ``owner`` (the caller when omitted; for tools, the tool's
+    owner is looked up), ``name`` (``*`` for a whole namespace), ``operation`` and ``grantee``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["grant", "revoke", "check", "grants", "set_group", "whoami", "audit"]
+    kind: ResourceKind | None = None
+    owner: str | None = Field(None, min_length=1, max_length=128)
+    name: str = Field("*", min_length=1, max_length=1024)
+    operation: Operation | None = None
+    grantee: str | None = Field(None, min_length=1, max_length=128)
+    group: Group | None = None
+    # audit filters
+    agent: str | None = Field(None, max_length=128)
+    outcome: Literal["allowed", "denied"] | None = None
+    since: float | None = None
+    limit: int = Field(1000, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> AccessRequest:
+        if self.op in ("grant", "revoke") and (
+            self.kind is None or self.operation is None or self.grantee is None
+        ):
+            raise ValueError(f"access op {self.op!r} needs kind, operation and grantee")
+        if self.op == "check" and (self.kind is None or self.operation is None):
+            raise ValueError("access op 'check' needs kind and operation")
+        if self.op == "set_group" and (self.grantee is None or self.group is None):
+            raise ValueError("access op 'set_group' needs grantee (the agent) and group")
+        return self
+
+
+class AccessSyscall(Syscall):
+    kind: ClassVar[str] = "access"
+    request: AccessRequest
+
+
+# ---------------------------------------------------------------------------------------------
+# Manager
+# ---------------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, agent TEXT NOT NULL,
+    action TEXT NOT NULL, resource TEXT NOT NULL, operation TEXT NOT NULL,
+    outcome TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', syscall TEXT);
+CREATE INDEX IF NOT EXISTS audit_agent ON audit (agent, id);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS grants (
+    kind TEXT NOT NULL, owner TEXT NOT NULL, name TEXT NOT NULL, operation TEXT NOT NULL,
+    grantee TEXT NOT NULL, granted_by TEXT NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (kind, owner, name, operation, grantee));
+CREATE TABLE IF NOT EXISTS groups (agent TEXT PRIMARY KEY, grp TEXT NOT NULL);
+"""
+
+ResourceFn = Callable[[Syscall], list[tuple[str, str]]]
+
+
+class AccessManager:
+    def __init__(self, data_dir: str | Path, *, default_group: Group = "user"):
+        self.default_group = default_group
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(Path(data_dir) / "audit.db", check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL: every record survives a process crash; an OS crash may lose the last few.
+        # FULL here would fsync once per syscall of every agent.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(_SCHEMA)
+        self._groups = {r["agent"]: r["grp"] for r in self._db.execute("SELECT agent, grp FROM groups")}
+        self._grants = {
+            tuple(r) for r in self._db.execute("SELECT kind, owner, name, operation, grantee FROM grants")
+        }
+        self._resolvers: dict[str, Callable[[Syscall], list[tuple[Resource, str]]]] = {}
+        self._tool_info: Callable[[str], tuple[str, set[str]] | None] = lambda name: None
+        self._closed = False
+
+    # -- configuration (kernel operator) ----------------------------------------------------------
+    def govern(self, kind: str, resolver: Callable[[Syscall], list[tuple[Resource, str]]]) -> None:
+        """Check every syscall of ``kind``: ``resolver`` says which resources it touches, and how."""
+        self._resolvers[kind] = resolver
+
+    def set_tool_info(self, fn: Callable[[str], tuple[str, set[str]] | None]) -> None:
+        """How to find a tool's owner and the groups it runs for (the tool manager provides it)."""
+        self._tool_info = fn
+
+    def group(self, agent: str) -> str:
+        return self._groups.get(agent, self.default_group)
+
+    def set_group(self, agent: str, group: Group, *, by: str = "kernel") -> None:
+        if group not in GROUPS:
+            raise ValueError(f"unknown group {group!r}")
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO groups (agent, grp) VALUES (?, ?)", (agent, group))
+            self._groups[agent] = group
+        self._audit(by, "set_group", f"agent:{agent}", group, "allowed")
+
+    # -- decisions --------------------------------------------------------------------------------
+    def owner_of(self, res: Resource) -> str | None:
+        if res.kind == "tool":
+            info = self._tool_info(res.name)
+            return None if info is None else info[0]
+        return res.owner
+
+    def _decide(self, agent: str, res: Resource, operation: str) -> tuple[bool, str]:
+        group = self.group(agent)
+        if group == "admin":
+            return True, "admin"
+        if res.kind == "tool":
+            info = self._tool_info(res.name)
+            if info is None:
+                return False, f"no tool {res.name!r}"
+            owner, groups = info
+            if operation == "execute" and group in groups:
+                return True, f"tool open to group {group}"
+            if agent == owner:
+                return True, "owner"
+            key = ("tool", owner, res.name, operation, agent)
+            return (
+                (True, "granted")
+                if key in self._grants
+                else (False, f"{group} may not {operation} tool {res.name}")
+            )
+        if res.owner == agent:
+            return True, "owner"
+        for name in (res.name, "*"):
+            if (res.kind, res.owner, name, operation, agent) in self._grants:
+                return True, f"granted on {res.kind}:{res.owner}/{name}"
+        return False, f"{agent} has no {operation} access to {res}"
+
+    def check(
+        self, agent: str, res: Resource, operation: str, *, syscall_id: str | None = None
+    ) -> tuple[bool, str]:
+        """Decide and record the decision in the audit log."""
+        ok, why = self._decide(agent, res, operation)
+        self._audit(agent, "access", str(res), operation, "allowed" if ok else "denied", why, syscall_id)
+        return ok, why
+
+    def require(self, agent: str, res: Resource, operation: str, *, syscall_id: str | None = None) -> None:
+        ok, why = self.check(agent, res, operation, syscall_id=syscall_id)
+        if not ok:
+            raise AccessDenied(why)
+
+    def hook(self, syscall: Syscall) -> str | None:
+        """The kernel's access hook: a refusal reason, or None to let the syscall run."""
+        resolver = self._resolvers.get(syscall.kind)
+        if resolver is None:
+            return None  # a kind this manager does not govern (e.g. scheduler queries)
+        try:
+            touched = resolver(syscall)
+        except Exception as exc:  # a request we cannot even describe is refused, and recorded
+            self._audit(
+                syscall.agent,
+                "access",
+                f"{syscall.kind}:?",
+                "?",
+                "denied",
+                f"unresolvable: {exc}",
+                syscall.id,
+            )
+            return f"cannot resolve the resources of this request: {exc}"
+        for res, operation in touched:
+            ok, why = self.check(syscall.agent, res, operation, syscall_id=syscall.id)
+            if not ok:
+                return why
+        return None
+
+    # -- grants -----------------------------------------------------------------------------------
+    def _may_administer(self, agent: str, res: Resource) -> bool:
+        return self.group(agent) == "admin" or self.owner_of(res) == agent
+
+    def grant(self, by: str, res: Resource, operation: str, grantee: str) -> dict[str, Any]:
+        owner = self.owner_of(res)
+        if owner is None:
+            self._audit(by, "grant", str(res), operation, "denied", f"to {grantee}: unknown resource")
+            raise AccessDenied(f"unknown resource {res}")
+        res = Resource(res.kind, owner, res.name)
+        if not self._may_administer(by, res):
+            self._audit(by, "grant", str(res), operation, "denied", f"to {grantee}: not owner or admin")
+            raise AccessDenied(f"only {owner} or an admin may grant access to {res}")
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (res.kind, res.owner, res.name, operation, grantee, by, time.time()),
+            )
+            self._grants.add((res.kind, res.owner, res.name, operation, grantee))
+        self._audit(by, "grant", str(res), operation, "allowed", f"to {grantee}")
+        return {"resource": str(res), "operation": operation, "grantee": grantee}
+
+    def revoke(self, by: str, res: Resource, operation: str, grantee: str) -> bool:
+        owner = self.owner_of(res)
+        res = Resource(res.kind, owner or res.owner, res.name)
+        if owner is None or not self._may_administer(by, res):
+            self._audit(by, "revoke", str(res), operation, "denied", f"from {grantee}: not owner or admin")
+            raise AccessDenied(f"only the owner or an admin may revoke access to {res}")
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM grants WHERE kind = ? AND owner = ? AND name = ? AND operation = ? AND grantee = ?",
+                (res.kind, res.owner, res.name, operation, grantee),
+            )
+            existed = (res.kind, res.owner, res.name, operation, grantee) in self._grants
+            self._grants.discard((res.kind, res.owner, res.name, operation, grantee))
+        self._audit(by, "revoke", str(res), operation, "allowed", f"from {grantee}")
+        return existed
+
+    def grants(self, agent: str) -> list[dict[str, str]]:
+        """Grants an agent gave (on its resources) or received; all of them for admins."""
+        admin = self.group(agent) == "admin"
+        return [
+            {"resource": str(Resource(k, o, n)), "operation": op, "grantee": g}
+            for k, o, n, op, g in sorted(self._grants)
+            if admin or o == agent or g == agent
+        ]
+
+    # -- audit log --------------------------------------------------------------------------------
+    def _audit(
+        self,
+        agent: str,
+        action: str,
+        resource: str,
+        operation: str,
+        outcome: str,
+        detail: str = "",
+        syscall_id: str | None = None,
+    ) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._db.execute(
+                "INSERT INTO audit (time, agent, action, resource, operation, outcome, detail, syscall) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), agent, action, resource, operation, outcome, detail, syscall_id),
+            )
+
+    def audit_log(
+        self,
+        *,
+        agent: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM audit WHERE 1=1", []
+        if agent is not None:
+            sql += " AND agent = ?"
+            args.append(agent)
+        if outcome is not None:
+            sql += " AND outcome = ?"
+            args.append(outcome)
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [dict(r) for r in reversed(rows)]
+
+    # -- syscalls ---------------------------------------------------------------------------------
+    def handle(self, syscall: AccessSyscall) -> Any:
+        """Access syscalls check their own rights (grant needs ownership, audit needs admin)."""
+        r, me = syscall.request, syscall.agent
+        res = Resource(r.kind, r.owner or me, r.name) if r.kind else None
+        match r.op:
+            case "grant":
+                return self.grant(me, res, r.operation, r.grantee)
+            case "revoke":
+                return self.revoke(me, res, r.operation, r.grantee)
+            case "check":
+                return self._decide(r.grantee or me, res, r.operation)[0]
+            case "grants":
+                return self.grants(me)
+            case "whoami":
+                return {"agent": me, "group": self.group(me)}
+            case "set_group":
+                if self.group(me) != "admin":
+                    self._audit(
+                        me, "set_group", f"agent:{r.grantee}", r.group, "denied", "not admin", syscall.id
+                    )
+                    raise AccessDenied("only admins may change groups")
+                self.set_group(r.grantee, r.group, by=me)
+                return True
+            case "audit":
+                if self.group(me) != "admin":
+                    self._audit(me, "audit", "audit:*", "read", "denied", "not admin", syscall.id)
+                    raise AccessDenied("only admins may read the audit log")
+                self._audit(me, "audit", "audit:*", "read", "allowed", "", syscall.id)
+                return self.audit_log(agent=r.agent, outcome=r.outcome, since=r.since, limit=r.limit)
+        raise ValueError(f"unknown op {r.op!r}")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
