@@ -1,9 +1,9 @@
 """aios: an operating-system kernel for LLM agents.
 
-    import aios
-    kernel = aios.Kernel(scheduler="rr", quantum=8)
-    with aios.agent_context(kernel, "me"):
-        print(aios.chat("Hello!").text)
+import aios
+kernel = aios.Kernel(scheduler="rr", quantum=8)
+with aios.agent_context(kernel, "me"):
+    print(aios.chat("Hello!").text)
 """
 
 from aios.kernel.kernel import Kernel, KernelConfig
@@ -26,16 +26,74 @@ from aios.sdk import (
     AgentSpec,
     ChatResult,
     agent_context,
+    audit_log,
     chat,
     current,
+    file_delete,
+    file_list,
+    file_read,
+    file_write,
+    grant,
+    grants,
+    log_append,
+    log_read,
+    memory_add,
+    memory_delete,
+    memory_get,
+    memory_list,
+    memory_persist,
+    memory_release,
+    memory_search,
+    memory_update,
+    memory_usage,
+    revoke,
     run_agent,
     run_agents,
     run_all,
+    run_tool_calls,
+    set_group,
+    storage_delete,
+    storage_get,
+    storage_list,
+    storage_put,
+    storage_search,
+    tool_call,
+    tools_list,
+    whoami,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "audit_log",
+    "file_delete",
+    "file_list",
+    "file_read",
+    "file_write",
+    "grant",
+    "grants",
+    "log_append",
+    "log_read",
+    "memory_add",
+    "memory_delete",
+    "memory_get",
+    "memory_list",
+    "memory_persist",
+    "memory_release",
+    "memory_search",
+    "memory_update",
+    "memory_usage",
+    "revoke",
+    "run_tool_calls",
+    "set_group",
+    "storage_delete",
+    "storage_get",
+    "storage_list",
+    "storage_put",
+    "storage_search",
+    "tool_call",
+    "tools_list",
+    "whoami",
     "Agent",
     "AgentContext",
     "AgentRun",
