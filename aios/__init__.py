@@ -1,9 +1,9 @@
 """aios: an operating-system kernel for LLM agents.
 
-import aios
-kernel = aios.Kernel(scheduler="rr", quantum=8)
-with aios.agent_context(kernel, "me"):
-    print(aios.chat("Hello!").text)
+    import aios
+    kernel = aios.Kernel(scheduler="rr", quantum=8)
+    with aios.agent_context(kernel, "me"):
+        print(aios.chat("Hello!").text)
 """
 
 from aios.kernel.kernel import Kernel, KernelConfig
