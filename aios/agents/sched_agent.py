@@ -1,0 +1,661 @@
+"""The sched-agent: observes a workload, then synthesizes, verifies, measures and learns CPU schedulers.
+
+Why it is an ordinary agent: every step it takes is a syscall — the LLM (goal inference, candidate
+choice, code writing), tools (the sched_ext toolchain's profile / search / compile / verify /
+measure / stress / deploy, registered in the kernel's ToolManager by ``aios.sched_ext.tools``),
+memory (the profile and the running feedback) and storage (every result).  So it is scheduled,
+audited and access-controlled like any other agent and can run beside others on one kernel.
+
+The loop is SchedCP's in-context reinforcement learning with four roles:
+
+* **observation** — the cheapest profile tier first, kept in memory;
+* **planning** — the LLM infers the goal from the user's words and the profile (constrained to the
+  goal list with ``choices``, so even the embedded SmolLM2 answers validly) and proposes a
+  candidate: a repository scheduler with tunables, or a new one (compose mode: building blocks
+  chosen field by field with ``choices``; write mode: BPF C written by the model);
+* **execution** — compile, verify (all stages), measure against EEVDF in one VM boot;
+* **learning** — every result goes to the policy repository and the agent's storage; verifier
+  errors and measurements are fed into the next round; the loop stops when gains flatten or the
+  budget (iterations, wall time, tokens) is spent, and never ends worse than EEVDF: the default is
+  kept unless a verified candidate beat it by more than its spread *and* survived the stress run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aios.sched_ext.compose import (
+    BLOCK_DOCS,
+    Composition,
+    all_compositions,
+    composition_from_choices,
+    generate,
+)
+from aios.sdk.agent import Agent
+from aios.sdk.calls import memory_add, storage_put, tool_call
+from aios.sdk.runtime import chat
+
+# ------------------------------------------------------------------------------------ goals
+
+#: The optimization goals the planner chooses from (the words constrained decoding may produce),
+#: mapped to the workload registry's ``Goal`` labels.
+GOALS: dict[str, str] = {
+    "minimize p99 wake-up latency": "min_p99_latency",
+    "minimize makespan": "min_makespan",
+    "minimize mean completion time": "min_mean_completion",
+    "maximize throughput": "max_throughput",
+}
+GOAL_PHRASE = {v: k for k, v in GOALS.items()}
+#: Metric-name fragments that serve each goal, in preference order.
+_GOAL_FRAGMENTS: dict[str, tuple[str, ...]] = {
+    "min_p99_latency": ("p99",),
+    "min_makespan": ("makespan", "time_s", "elapsed"),
+    "min_mean_completion": ("mean_completion", "mean_step", "avg"),
+    "max_throughput": ("per_s", "ops_per_s", "time_s"),
+}
+
+
+def goal_metric(goal: str, workload: Any | None) -> tuple[str, bool]:
+    """The metric a goal is judged by on ``workload`` (a registry ``Workload``) and whether higher is better.
+
+    The workload's own primary metric when the goal is its labelled one; otherwise the first of
+    its metrics that serves the goal; its primary metric as the last resort.
+    """
+    label = GOALS.get(goal, goal)
+    if workload is None:
+        default = {
+            "min_p99_latency": "p99_wakeup_us",
+            "min_makespan": "makespan_ms",
+            "min_mean_completion": "mean_completion_ms",
+            "max_throughput": "tasks_per_s",
+        }[label]
+        return default, label == "max_throughput"
+    if str(workload.goal) == label:
+        return workload.primary_metric, workload.primary.better == "higher"
+    for frag in _GOAL_FRAGMENTS[label]:
+        for m in workload.metrics:
+            if frag in m.name:
+                return m.name, m.better == "higher"
+    return workload.primary_metric, workload.primary.better == "higher"
+
+
+# ------------------------------------------------------------------------------------ requests
+
+
+class Budget(BaseModel):
+    """When the agent must stop: candidates evaluated, wall time, LLM tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = Field(5, ge=1, le=100)
+    time_s: float = Field(3600.0, gt=0)
+    tokens: int = Field(100_000, ge=1)
+
+
+class OptimizeTask(BaseModel):
+    """What the user asks the sched-agent for (the CLI builds one from its flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workload: str = Field(min_length=1)
+    goal: str | None = Field(None, description="the user's words; the goal is still inferred from them")
+    mode: Literal["compose", "write"] = "compose"
+    budget: Budget = Field(default_factory=Budget)
+    reps: int = Field(3, ge=1, le=20, description="repetitions per measurement (EEVDF and candidate)")
+    stress_s: float = Field(60.0, ge=0, description="stress run of the final candidate before acceptance")
+    min_gain: float = Field(0.03, ge=0, description="relative improvement a candidate must beat EEVDF by")
+    patience: int = Field(2, ge=1, description="stop after this many rounds without a better candidate")
+    seeds: int = Field(2, ge=0, le=10, description="repository schedulers tried before new ones")
+    deploy: bool = False
+    profile_tier: str = "summary"
+
+
+class Verdict(BaseModel):
+    ok: bool
+    stage: str = ""
+    reason: str = ""
+
+
+class IterationRecord(BaseModel):
+    """One candidate's journey: where it came from, the verifier's verdict, its measurement."""
+
+    index: int
+    name: str
+    origin: Literal["repository", "tuned", "compose", "write"]
+    detail: str = ""
+    verdict: Verdict
+    metric: str = ""
+    baseline: float | None = None
+    candidate: float | None = None
+    improvement: float | None = Field(None, description="relative gain over EEVDF (0.2 = 20% better)")
+    spread: float | None = Field(None, description="relative spread of the ratio over repetitions")
+    seconds: float = 0.0
+    digest: str = ""
+
+
+class Cost(BaseModel):
+    wall_s: float = 0.0
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    verify_runs: int = 0
+    measure_runs: int = 0
+    usd: float = Field(0.0, description="$0 with local models")
+
+
+class OptimizeReport(BaseModel):
+    workload: str
+    goal: str
+    metric: str
+    higher_is_better: bool
+    mode: str
+    iterations: list[IterationRecord] = Field(default_factory=list)
+    winner: str = "EEVDF"
+    winner_source: str | None = None
+    improvement: float = 0.0
+    spread: float | None = None
+    accepted: bool = False
+    stress: dict[str, Any] | None = None
+    stop_reason: str = ""
+    deployed: dict[str, Any] | None = None
+    cost: Cost = Field(default_factory=Cost)
+
+    def table(self) -> str:
+        """Per-iteration progress as a plain text table."""
+        rows = [f"{'#':>2}  {'candidate':<32} {'origin':<10} {'verdict':<22} {self.metric + ' vs EEVDF':>26}"]
+        for it in self.iterations:
+            verdict = "ok" if it.verdict.ok else f"rejected@{it.verdict.stage}"
+            if it.improvement is None:
+                vs = "-"
+            else:
+                vs = f"{it.candidate:.4g} vs {it.baseline:.4g} ({it.improvement:+.1%})"
+            rows.append(f"{it.index:>2}  {it.name[:32]:<32} {it.origin:<10} {verdict[:22]:<22} {vs:>26}")
+        return "\n".join(rows)
+
+
+# ------------------------------------------------------------------------------------ internals
+
+
+@dataclass
+class _Candidate:
+    name: str
+    origin: Literal["repository", "tuned", "compose", "write"]
+    source: str
+    detail: str = ""
+    composition: Composition | None = None
+    tunables: dict[str, int] = field(default_factory=dict)
+    base: str = ""  # the repository scheduler it derives from
+
+
+@dataclass
+class _State:
+    task: OptimizeTask
+    goal: str = ""
+    metric: str = ""
+    higher: bool = False
+    profile: dict[str, Any] = field(default_factory=dict)
+    hits: list[dict[str, Any]] = field(default_factory=list)
+    records: list[IterationRecord] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+    sources: dict[str, str] = field(default_factory=dict)
+    best: IterationRecord | None = None
+    cost: Cost = field(default_factory=Cost)
+    started: float = field(default_factory=time.time)
+    feedback: list[str] = field(default_factory=list)
+
+
+_CODE_RE = re.compile(r"```(?:c|C|bpf)?\s*\n(.*?)```", re.S)
+_TUNABLE_RE = re.compile(r"(const\s+volatile\s+u64\s+(\w+)\s*=\s*)(\d+)(ULL|ull|UL|ul|U|u)?\s*;")
+
+
+def extract_code(text: str) -> str:
+    """The BPF C in a model's answer: the longest fenced block, else the text itself."""
+    blocks = _CODE_RE.findall(text)
+    if blocks:
+        return max(blocks, key=len).strip() + "\n"
+    return text.strip() + "\n"
+
+
+def source_tunables(source: str) -> dict[str, int]:
+    """``const volatile u64`` tunables declared in a scheduler's source, with their defaults."""
+    return {m.group(2): int(m.group(3)) for m in _TUNABLE_RE.finditer(source)}
+
+
+def set_tunables(source: str, values: dict[str, int]) -> str:
+    """Rewrite tunables' initial values in the source (a new program, verified like any other)."""
+
+    def sub(m: re.Match) -> str:
+        name = m.group(2)
+        if name in values:
+            return f"{m.group(1)}{int(values[name])}ULL;"
+        return m.group(0)
+
+    return _TUNABLE_RE.sub(sub, source)
+
+
+def _fmt_profile(profile: dict[str, Any], limit: int = 900) -> str:
+    text = profile.get("text") or json.dumps(profile.get("summary", profile), sort_keys=True, default=str)
+    return text[:limit]
+
+
+# ------------------------------------------------------------------------------------ the agent
+
+
+class SchedAgent(Agent):
+    """SchedCP's sched-agent on aios: ``run(OptimizeTask) -> OptimizeReport`` (as a dict)."""
+
+    description: ClassVar[str] = (
+        "observes a workload and synthesizes, verifies and measures sched_ext schedulers"
+    )
+    group: ClassVar[str] = "admin"
+
+    def __init__(self, name: str = "sched-agent", progress: Callable[[str], None] | None = None):
+        super().__init__(name)
+        self.progress = progress or (lambda _line: None)
+
+    # -- syscalls ---------------------------------------------------------------------------------
+    def _tool(self, st: _State, name: str, timeout: float = 3600.0, **arguments: Any) -> Any:
+        return tool_call(name, arguments, timeout=timeout)["result"]
+
+    def _llm(self, st: _State, prompt: str, **request: Any) -> str:
+        res = chat([{"role": "user", "content": prompt}], **request)
+        st.cost.llm_calls += 1
+        st.cost.prompt_tokens += res.response.prompt_tokens
+        st.cost.completion_tokens += res.response.completion_tokens
+        return res.text
+
+    def _memory_add(self, content: str, **metadata: Any) -> None:
+        memory_add(
+            content, {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in metadata.items()}
+        )
+
+    def _storage_put(self, key: str, content: str, **metadata: Any) -> None:
+        meta = {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in metadata.items()}
+        storage_put(key, content, meta)
+
+    def _tokens(self, st: _State) -> int:
+        return st.cost.prompt_tokens + st.cost.completion_tokens
+
+    # -- observation ----------------------------------------------------------------------------------
+    def observe(self, st: _State) -> None:
+        st.profile = self._tool(st, "sched_profile", workload=st.task.workload, tier=st.task.profile_tier)
+        self._memory_add(
+            f"profile of {st.task.workload} ({st.task.profile_tier}): {_fmt_profile(st.profile)}",
+            kind="profile",
+            workload=st.task.workload,
+        )
+        self.progress(f"observe: {st.task.workload} profiled ({st.task.profile_tier} tier)")
+
+    # -- planning -------------------------------------------------------------------------------------
+    def infer_goal(self, st: _State) -> str:
+        """The LLM picks one goal from ``GOALS`` (constrained decoding: always a valid answer)."""
+        st.goal = infer_goal(
+            lambda prompt, choices: self._llm(st, prompt, choices=choices, max_new_tokens=16),
+            st.task.workload,
+            st.task.goal,
+            st.profile,
+        )
+        st.metric, st.higher = goal_metric(st.goal, _workload(st.task.workload))
+        self._memory_add(f"goal for {st.task.workload}: {st.goal} (metric {st.metric})", kind="goal")
+        self.progress(
+            f"plan: goal = {st.goal} (metric {st.metric}, {'higher' if st.higher else 'lower'} is better)"
+        )
+        return st.goal
+
+    def _feedback_text(self, st: _State, limit: int = 6) -> str:
+        if not st.feedback:
+            return "No candidates tried yet."
+        return "\n".join(st.feedback[-limit:])
+
+    def _pick_seed(self, st: _State) -> _Candidate | None:
+        """A repository scheduler the LLM picks from the search hits (by name, constrained)."""
+        names = [h["name"] for h in st.hits if h.get("source") and h["name"] not in st.tried]
+        if not names:
+            return None
+        if len(names) == 1:
+            name = names[0]
+        else:
+            menu = "\n".join(
+                f"- {h['name']}: {h.get('description', '')[:160]}" for h in st.hits if h["name"] in names
+            )
+            prompt = (
+                f"Goal: {st.goal} for workload {st.task.workload}.\nProfile: {_fmt_profile(st.profile, 400)}\n"
+                f"Results so far:\n{self._feedback_text(st)}\nRepository schedulers:\n{menu}\n"
+                "Which scheduler should be measured next? Answer with its name."
+            )
+            name = self._llm(st, prompt, choices=names, max_new_tokens=16).strip()
+        hit = next(h for h in st.hits if h["name"] == name)
+        return _Candidate(name=name, origin="repository", source=hit["source"], detail="seed", base=name)
+
+    def _tune(self, st: _State) -> _Candidate | None:
+        """The best measured repository/composed scheduler with one tunable scaled (LLM picks)."""
+        if st.best is None or st.best.name not in st.sources:
+            return None
+        base_src = st.sources[st.best.name]
+        tun = source_tunables(base_src)
+        if "slice_ns" not in tun:
+            return None
+        options = {"halve the time slice": 0.5, "double the time slice": 2.0, "quarter the time slice": 0.25}
+        options = {k: v for k, v in options.items() if f"{st.best.name}+slice{v}" not in st.tried}
+        if not options:
+            return None
+        prompt = (
+            f"Goal: {st.goal}. The best scheduler so far is {st.best.name} "
+            f"({st.best.improvement or 0:+.1%} vs EEVDF) with slice_ns={tun['slice_ns']}.\n"
+            f"Results so far:\n{self._feedback_text(st)}\nHow should its time slice change?"
+        )
+        choice = self._llm(st, prompt, choices=list(options), max_new_tokens=16).strip()
+        factor = options.get(choice, next(iter(options.values())))
+        new = {"slice_ns": max(500_000, int(tun["slice_ns"] * factor))}
+        src = set_tunables(base_src, new)
+        name = f"{st.best.name}+slice{factor}"
+        return _Candidate(
+            name=name, origin="tuned", source=src, detail=f"slice_ns={new['slice_ns']}", tunables=new
+        )
+
+    def _compose(self, st: _State) -> _Candidate | None:
+        """Building blocks chosen field by field, each a constrained choice among untried combos."""
+        untried = [c for c in all_compositions() if c.name not in st.tried]
+        if not untried:
+            return None
+        chosen: dict[str, str] = {}
+        for fld, docs in BLOCK_DOCS.items():
+            options = sorted(
+                {str(c.model_dump(mode="json")[fld]) for c in untried if _matches(c, chosen)},
+                key=list(docs).index,
+            )
+            if len(options) == 1:
+                chosen[fld] = options[0]
+                continue
+            menu = "\n".join(f"- {o}: {docs[o]}" for o in options)
+            prompt = (
+                f"You design a Linux CPU scheduler. Goal: {st.goal} (metric {st.metric}) for workload "
+                f"{st.task.workload}.\nProfile: {_fmt_profile(st.profile, 400)}\n"
+                f"Results so far:\n{self._feedback_text(st)}\n"
+                f"Chosen so far: {json.dumps(chosen) if chosen else 'nothing'}\n"
+                f"Choose the {fld.replace('_', ' ')}:\n{menu}\nAnswer with one option name."
+            )
+            pick = self._llm(st, prompt, choices=options, max_new_tokens=16).strip()
+            chosen[fld] = pick if pick in options else options[0]
+        comp = composition_from_choices(chosen)
+        gen = generate(comp)
+        return _Candidate(
+            name=gen.name, origin="compose", source=gen.source, detail=json.dumps(chosen), composition=comp
+        )
+
+    def _write(self, st: _State, max_repairs: int = 3) -> _Candidate | None:
+        """Write mode: the model writes BPF C with the closest programs and verifier feedback in context.
+
+        Repairs (compile + static/kernel verification only) until the program verifies or the
+        repair budget ends; the full verification and measurement then happen in ``execute``.
+        """
+        examples = "\n\n".join(
+            f"/* {h['name']}: {h.get('description', '')[:200]} */\n{h['source'][:3000]}"
+            for h in st.hits[:2]
+            if h.get("source")
+        )
+        n = len([r for r in st.records if r.origin == "write"]) + 1
+        name = f"wr{n}"
+        prompt = (
+            'Write a complete Linux sched_ext scheduler in BPF C. Include "aios_scx.h", use '
+            "BPF_STRUCT_OPS / BPF_STRUCT_OPS_SLEEPABLE, scx_bpf_dsq_insert(_vtime), "
+            'scx_bpf_dsq_move_to_local, a SEC(".struct_ops.link") struct sched_ext_ops with .name = '
+            f'"{name}". Decide only from runtime, wake-ups and weights, never process names.\n'
+            f"Goal: {st.goal} (metric {st.metric}) for workload {st.task.workload}.\n"
+            f"Profile: {_fmt_profile(st.profile, 400)}\nResults so far:\n{self._feedback_text(st)}\n"
+            f"Closest repository programs:\n{examples}\nAnswer with one ```c block."
+        )
+        messages = [{"role": "user", "content": prompt}]
+        source = ""
+        for attempt in range(max_repairs + 1):
+            if self._out_of_budget(st):
+                break
+            res = chat(messages, max_new_tokens=2048)
+            st.cost.llm_calls += 1
+            st.cost.prompt_tokens += res.response.prompt_tokens
+            st.cost.completion_tokens += res.response.completion_tokens
+            source = extract_code(res.text)
+            verdict = self._verify(st, source, stages="static")
+            if verdict.ok:
+                return _Candidate(name=name, origin="write", source=source, detail=f"repairs={attempt}")
+            self.progress(
+                f"  write: attempt {attempt + 1} rejected at {verdict.stage}: {verdict.reason[:120]}"
+            )
+            messages += [
+                {"role": "assistant", "content": res.text},
+                {
+                    "role": "user",
+                    "content": f"The verifier rejected it at stage {verdict.stage}:\n{verdict.reason[:1500]}\n"
+                    "Fix the program. Answer with the whole corrected program in one ```c block.",
+                },
+            ]
+        return _Candidate(name=name, origin="write", source=source, detail="unrepaired") if source else None
+
+    def plan(self, st: _State, index: int) -> _Candidate | None:
+        """Seeds first (the repository's best guesses), then new schedulers, tuning the best between."""
+        if index <= st.task.seeds:
+            cand = self._pick_seed(st)
+            if cand is not None:
+                return cand
+        if st.task.mode == "write":
+            return self._write(st)
+        if st.best is not None and st.best.origin != "tuned" and index % 3 == 0:
+            cand = self._tune(st)
+            if cand is not None:
+                return cand
+        return self._compose(st)
+
+    # -- execution ------------------------------------------------------------------------------------
+    def _verify(self, st: _State, source: str, stages: str = "all") -> Verdict:
+        st.cost.verify_runs += 1
+        out = self._tool(st, "sched_verify", source=source, stages=stages)
+        return Verdict(ok=bool(out["ok"]), stage=out.get("stage", ""), reason=out.get("reason", ""))
+
+    def execute(self, st: _State, cand: _Candidate, index: int) -> IterationRecord:
+        t0 = time.time()
+        verdict = self._verify(st, cand.source)
+        rec = IterationRecord(
+            index=index,
+            name=cand.name,
+            origin=cand.origin,
+            detail=cand.detail,
+            verdict=verdict,
+            metric=st.metric,
+        )
+        if verdict.ok:
+            st.cost.measure_runs += 1
+            m = self._tool(
+                st, "sched_measure", source=cand.source, workload=st.task.workload, reps=st.task.reps
+            )
+            if m.get("ok"):
+                base, value = m["baseline"].get(st.metric), m["candidate"].get(st.metric)
+                if base is not None and value is not None and base > 0 and value > 0:
+                    rec.baseline, rec.candidate = float(base), float(value)
+                    ratio = value / base if st.higher else base / value
+                    rec.improvement = ratio - 1.0
+                    rec.spread = (m.get("spread") or {}).get(st.metric)
+            else:
+                rec.verdict = Verdict(ok=False, stage="measure", reason=m.get("error", "measurement failed"))
+        rec.seconds = time.time() - t0
+        rec.digest = hashlib.sha256(cand.source.encode()).hexdigest()[:12]
+        return rec
+
+    # -- learning -------------------------------------------------------------------------------------
+    def learn(self, st: _State, cand: _Candidate, rec: IterationRecord) -> None:
+        st.records.append(rec)
+        st.tried.add(cand.name)
+        st.sources[cand.name] = cand.source
+        if rec.verdict.ok and rec.improvement is not None:
+            line = f"- {cand.name} ({cand.origin} {cand.detail[:80]}): {st.metric} {rec.candidate:.4g} vs EEVDF {rec.baseline:.4g} ({rec.improvement:+.1%})"
+            if st.best is None or rec.improvement > (st.best.improvement or -1e9):
+                st.best = rec
+        else:
+            line = (
+                f"- {cand.name} ({cand.origin}): rejected at {rec.verdict.stage}: {rec.verdict.reason[:200]}"
+            )
+        st.feedback.append(line)
+        self._memory_add(line, kind="result", workload=st.task.workload)
+        self._storage_put(
+            f"sched/{st.task.workload}/{rec.index:03d}-{cand.name}",
+            json.dumps({"record": rec.model_dump(), "source": cand.source}),
+            workload=st.task.workload,
+            candidate=cand.name,
+            ok=rec.verdict.ok,
+        )
+        try:
+            self._tool(
+                st,
+                "sched_record",
+                name=cand.name,
+                source=cand.source,
+                description=f"{cand.origin} candidate for {st.goal}: {cand.detail[:300]}",
+                workload=st.task.workload,
+                result=rec.model_dump(),
+            )
+        except Exception as exc:  # recording is best effort: the loop's own storage has it
+            self.progress(f"  (repository record failed: {exc})")
+
+    def _out_of_budget(self, st: _State) -> str:
+        b = st.task.budget
+        if time.time() - st.started > b.time_s:
+            return "time budget spent"
+        if self._tokens(st) > b.tokens:
+            return "token budget spent"
+        return ""
+
+    def _flattened(self, st: _State) -> bool:
+        """No better candidate in the last ``patience`` rounds (after the seeds)."""
+        if len(st.records) <= max(st.task.seeds, st.task.patience):
+            return False
+        recent = st.records[-st.task.patience :]
+        return st.best is not None and all(r is not st.best for r in recent)
+
+    # -- the whole run --------------------------------------------------------------------------------
+    def run(self, task: Any) -> dict[str, Any]:
+        task = task if isinstance(task, OptimizeTask) else OptimizeTask.model_validate(task)
+        st = _State(task=task)
+        self.observe(st)
+        self.infer_goal(st)
+        st.hits = self._tool(st, "sched_search", query=f"{st.goal}. {_fmt_profile(st.profile, 300)}", k=4)
+        stop = ""
+        for index in range(1, task.budget.iterations + 1):
+            stop = self._out_of_budget(st)
+            if stop:
+                break
+            cand = self.plan(st, index)
+            if cand is None:
+                stop = "no untried candidates"
+                break
+            rec = self.execute(st, cand, index)
+            self.learn(st, cand, rec)
+            verdict = "ok" if rec.verdict.ok else f"rejected@{rec.verdict.stage}: {rec.verdict.reason[:80]}"
+            vs = (
+                ""
+                if rec.improvement is None
+                else f" {st.metric} {rec.candidate:.4g} vs EEVDF {rec.baseline:.4g} ({rec.improvement:+.1%})"
+            )
+            self.progress(f"iter {index}: {cand.name} [{cand.origin}] {verdict}{vs}")
+            if self._flattened(st):
+                stop = "gains flattened"
+                break
+        else:
+            stop = "iteration budget spent"
+        report = self.finish(st, stop)
+        return report.model_dump()
+
+    def finish(self, st: _State, stop: str) -> OptimizeReport:
+        """Accept the best candidate only if it beat EEVDF beyond its spread and survives the stress run."""
+        report = OptimizeReport(
+            workload=st.task.workload,
+            goal=st.goal,
+            metric=st.metric,
+            higher_is_better=st.higher,
+            mode=st.task.mode,
+            iterations=st.records,
+            stop_reason=stop,
+        )
+        best = st.best
+        threshold = st.task.min_gain
+        if best is not None and best.spread is not None:
+            threshold = max(threshold, best.spread)
+        if best is not None and (best.improvement or 0.0) > threshold:
+            self.progress(f"validate: {best.name} under a {st.task.stress_s:.0f} s stress mix")
+            stress = self._tool(st, "sched_stress", source=st.sources[best.name], seconds=st.task.stress_s)
+            st.cost.verify_runs += 1
+            report.stress = stress
+            if stress.get("ok"):
+                report.winner, report.winner_source = best.name, st.sources[best.name]
+                report.improvement, report.spread, report.accepted = (
+                    best.improvement or 0.0,
+                    best.spread,
+                    True,
+                )
+            else:
+                self.progress(
+                    f"validate: {best.name} failed the stress run ({stress.get('reason', '')}); keeping EEVDF"
+                )
+        elif best is not None:
+            self.progress(f"no candidate beat EEVDF by more than {threshold:.1%}; keeping EEVDF")
+        if report.accepted and st.task.deploy:
+            report.deployed = self._tool(st, "sched_deploy", source=report.winner_source)
+        st.cost.wall_s = time.time() - st.started
+        report.cost = st.cost
+        self._storage_put(
+            f"sched/{st.task.workload}/report",
+            json.dumps(report.model_dump(exclude={"winner_source"})),
+            workload=st.task.workload,
+            winner=report.winner,
+        )
+        return report
+
+
+def _workload(name: str) -> Any | None:
+    """The registry entry for ``name`` (None for a workload the registry does not know)."""
+    from aios.sched_ext.workloads import WORKLOADS
+
+    return WORKLOADS.get(name)
+
+
+def _matches(c: Composition, chosen: dict[str, str]) -> bool:
+    d = c.model_dump(mode="json")
+    return all(str(d[k]) == v for k, v in chosen.items())
+
+
+def infer_goal(
+    ask: Callable[[str, list[str]], str], workload: str, user_goal: str | None, profile: dict[str, Any]
+) -> str:
+    """Ask the model for one goal of ``GOALS`` given the user's words and the profile.
+
+    ``ask(prompt, choices)`` is an LLM call constrained to ``choices``; anything else it returns
+    (a model without constrained decoding) is mapped to the first goal it mentions.
+    """
+    goals = list(GOALS)
+    wl = _workload(workload)
+    desc = profile.get("description") or (wl.description if wl is not None else "")
+    prompt = (
+        "You tune a Linux CPU scheduler. Pick the optimization goal.\n"
+        "Hints: servers and request/response or message-passing programs care about p99 wake-up "
+        "latency; a set of jobs where the whole batch must finish cares about makespan; many "
+        "independent jobs whose users wait for each one care about mean completion time; "
+        "streams of work care about throughput.\n"
+        f"Workload: {workload}. {desc}\n"
+        f"User request: {user_goal or 'make it faster'}\n"
+        f"Profile: {_fmt_profile(profile, 600)}\n"
+        "Goal:"
+    )
+    answer = ask(prompt, goals).strip()
+    if answer in GOALS:
+        return answer
+    low = answer.lower()
+    for g in goals:
+        if g in low or g.split()[-1] in low:
+            return g
+    return goals[0]
