@@ -1,0 +1,386 @@
+"""Compile sched_ext BPF C with clang and return structured diagnostics.
+
+Why: the sched-agent (an LLM) writes scheduler source; it needs compiler
+errors it can act on (file, line, column, severity, message), not a wall of
+text.  The object is built against the guest kernel's ``vmlinux.h`` and the
+BTF-derived kfunc prototypes from ``setup.py``, plus ``include/aios_scx.h``.
+
+Also here: a minimal ELF64 reader/patcher for BPF objects, so the verifier
+can shorten the sched_ext watchdog (``timeout_ms`` in the struct_ops map) and
+the loader can set ``AIOS_TUNABLE`` values in ``.rodata`` without rebuilding.
+
+Public API::
+
+    compile_bpf(source, out=None, setup=None, defines=None, extra_flags=()) -> BuildResult
+    parse_diagnostics(stderr_text) -> list[Diagnostic]
+    clang_command(source, out, setup=None, defines=None) -> list[str]
+    INCLUDE_DIR                                   # directory holding aios_scx.h
+    ElfObject(path_or_bytes): .sections, .symbols, .section_data(name),
+                              .symbol_bytes(sym), .patch_symbol(...), .to_bytes()
+    patch_struct_ops_field(obj_bytes, field, value, setup=None) -> bytes
+    set_tunables(obj_bytes, {"name": value}) -> bytes
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from .setup import SetupInfo, ensure_setup
+
+INCLUDE_DIR = Path(__file__).resolve().parent / "include"
+
+#: clang 14 silently drops tagged anonymous members of 7.x vmlinux.h without the ms-extension flags.
+BASE_FLAGS = ["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-fms-extensions",
+              "-Wno-microsoft-anon-tag", "-Wno-unknown-attributes", "-Wno-compare-distinct-pointer-types",
+              "-Werror=implicit-function-declaration", "-Werror=incompatible-pointer-types"]
+
+_DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>fatal error|error|warning|note): "
+                   r"(?P<msg>.*)$")
+
+
+class Diagnostic(BaseModel):
+    """One compiler message."""
+
+    file: str
+    line: int
+    column: int
+    severity: str  # "error" | "warning" | "note" | "fatal error"
+    message: str
+    snippet: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.message}"
+
+
+class BuildResult(BaseModel):
+    """Outcome of one compile.  ``object_path`` exists only when ``ok``."""
+
+    ok: bool
+    source: Path
+    object_path: Path | None = None
+    diagnostics: list[Diagnostic] = Field(default_factory=list)
+    command: list[str] = Field(default_factory=list)
+    stderr: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity in ("error", "fatal error")]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "warning"]
+
+    def summary(self, limit: int = 10) -> str:
+        """The first few errors (or warnings) as ``file:line:col: severity: message`` lines."""
+        pick = self.errors or self.warnings
+        lines = [str(d) for d in pick[:limit]]
+        if not lines and not self.ok:
+            lines = self.stderr.strip().splitlines()[-limit:]
+        return "\n".join(lines)
+
+
+def parse_diagnostics(text: str) -> list[Diagnostic]:
+    """Parse clang's ``file:line:col: severity: message`` output (with the source line that follows)."""
+    out: list[Diagnostic] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = _DIAG.match(line)
+        if not m:
+            continue
+        snippet = lines[i + 1].rstrip() if i + 1 < len(lines) and not _DIAG.match(lines[i + 1]) else ""
+        out.append(Diagnostic(file=m["file"], line=int(m["line"]), column=int(m["col"]), severity=m["sev"],
+                              message=m["msg"].strip(), snippet=snippet))
+    return out
+
+
+def clang_command(source: Path, out: Path, setup: SetupInfo | None = None,
+                  defines: dict[str, str | int] | None = None, extra_flags: tuple[str, ...] = ()) -> list[str]:
+    """The clang command line used for ``source`` (the kernel dir comes first so its vmlinux.h wins)."""
+    setup = setup or ensure_setup(progress=False)
+    incs: list[str] = []
+    for d in [*setup.include_dirs, INCLUDE_DIR]:
+        incs += ["-I", str(d)]
+    defs = [f"-D{k}={v}" for k, v in (defines or {}).items()]
+    return [setup.clang, *BASE_FLAGS, *incs, *defs, *extra_flags, "-c", str(source), "-o", str(out)]
+
+
+def compile_bpf(source: Path | str, out: Path | str | None = None, setup: SetupInfo | None = None,
+                defines: dict[str, str | int] | None = None, extra_flags: tuple[str, ...] = (),
+                timeout_s: float = 120.0) -> BuildResult:
+    """Compile one ``*.bpf.c`` into a BPF object.
+
+    ``out`` defaults to a fresh temporary file (the caller owns it).  Never
+    raises for compiler errors: they come back in ``BuildResult.diagnostics``.
+    A ``vmlinux.h`` next to the source would shadow the target kernel's and
+    is reported as an error, since it silently breaks kernel compatibility.
+    """
+    source = Path(source).resolve()
+    if out is None:
+        fd, name = tempfile.mkstemp(prefix=source.name.removesuffix(".bpf.c") + "-", suffix=".bpf.o")
+        os.close(fd)
+        out = Path(name)
+    out = Path(out)
+    t0 = time.monotonic()
+    if not source.is_file():
+        d = Diagnostic(file=str(source), line=0, column=0, severity="error", message="source file not found")
+        return BuildResult(ok=False, source=source, diagnostics=[d], duration_s=0.0)
+    if (source.parent / "vmlinux.h").exists():
+        d = Diagnostic(file=str(source.parent / "vmlinux.h"), line=0, column=0, severity="error",
+                       message="a vmlinux.h next to the source shadows the target kernel's; remove it")
+        return BuildResult(ok=False, source=source, diagnostics=[d], duration_s=0.0)
+    cmd = clang_command(source, out, setup, defines, extra_flags)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        d = Diagnostic(file=str(source), line=0, column=0, severity="error",
+                       message=f"clang timed out after {timeout_s:.0f}s")
+        return BuildResult(ok=False, source=source, diagnostics=[d], command=cmd, duration_s=timeout_s)
+    diags = parse_diagnostics(proc.stderr)
+    ok = proc.returncode == 0 and out.is_file() and out.stat().st_size > 0
+    if not ok and not any(d.severity in ("error", "fatal error") for d in diags):
+        diags.append(Diagnostic(file=str(source), line=0, column=0, severity="error",
+                                message=(proc.stderr.strip().splitlines() or ["clang failed"])[-1]))
+    return BuildResult(ok=ok, source=source, object_path=out if ok else None, diagnostics=diags,
+                       command=cmd, stderr=proc.stderr[-20000:], duration_s=round(time.monotonic() - t0, 3))
+
+
+# ---------------------------------------------------------------------- ELF objects
+
+
+@dataclass
+class ElfSection:
+    index: int
+    name: str
+    type: int
+    flags: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    entsize: int
+
+
+@dataclass
+class ElfSymbol:
+    name: str
+    value: int
+    size: int
+    bind: int
+    type: int
+    shndx: int
+    section: str
+
+
+SHT_SYMTAB, SHT_NOBITS, SHT_REL = 2, 8, 9
+
+
+class ElfObject:
+    """A little-endian ELF64 relocatable (what clang -target bpf writes), readable and patchable.
+
+    Deliberately tiny: enough to find sections, symbols and relocations and
+    to overwrite bytes in place (sizes never change, so the file stays valid).
+    """
+
+    def __init__(self, data: bytes | Path | str) -> None:
+        self.data = bytearray(Path(data).read_bytes() if isinstance(data, (str, Path)) else data)
+        if self.data[:4] != b"\x7fELF" or self.data[4] != 2 or self.data[5] != 1:
+            raise ValueError("not a little-endian ELF64 object")
+        (self.e_machine,) = struct.unpack_from("<H", self.data, 18)
+        shoff, = struct.unpack_from("<Q", self.data, 40)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", self.data, 58)
+        raw = []
+        for i in range(shnum):
+            raw.append(struct.unpack_from("<IIQQQQIIQQ", self.data, shoff + i * shentsize))
+        strtab_off = raw[shstrndx][4]
+        self.sections: list[ElfSection] = []
+        for i, (name, typ, flags, _addr, off, size, link, info, _align, entsize) in enumerate(raw):
+            self.sections.append(ElfSection(i, self._cstr(strtab_off + name), typ, flags, off, size, link, info,
+                                            entsize))
+        self.symbols: list[ElfSymbol] = []
+        for sec in self.sections:
+            if sec.type != SHT_SYMTAB:
+                continue
+            stroff = self.sections[sec.link].offset
+            for j in range(sec.size // 24):
+                name, info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", self.data, sec.offset + j * 24)
+                secname = self.sections[shndx].name if 0 < shndx < len(self.sections) else ""
+                self.symbols.append(ElfSymbol(self._cstr(stroff + name), value, size, info >> 4, info & 0xF,
+                                              shndx, secname))
+
+    def _cstr(self, off: int) -> str:
+        end = self.data.index(b"\0", off)
+        return self.data[off:end].decode(errors="replace")
+
+    @property
+    def is_bpf(self) -> bool:
+        return self.e_machine == 247  # EM_BPF
+
+    def section(self, name: str) -> ElfSection | None:
+        return next((s for s in self.sections if s.name == name), None)
+
+    def section_data(self, name: str) -> bytes:
+        s = self.section(name)
+        if s is None or s.type == SHT_NOBITS:
+            return b""
+        return bytes(self.data[s.offset:s.offset + s.size])
+
+    def symbol(self, name: str, section: str | None = None) -> ElfSymbol | None:
+        return next((s for s in self.symbols if s.name == name and (section is None or s.section == section)), None)
+
+    def symbol_bytes(self, sym: ElfSymbol) -> bytes:
+        sec = self.sections[sym.shndx]
+        if sec.type == SHT_NOBITS:
+            return b"\0" * sym.size
+        return bytes(self.data[sec.offset + sym.value: sec.offset + sym.value + sym.size])
+
+    def patch(self, sym: ElfSymbol, offset: int, value: bytes) -> None:
+        """Overwrite ``value`` at ``offset`` inside symbol ``sym`` (bounds-checked)."""
+        sec = self.sections[sym.shndx]
+        if sec.type == SHT_NOBITS:
+            raise ValueError(f"{sym.name} lives in {sec.name} (no file bytes)")
+        if offset < 0 or offset + len(value) > sym.size:
+            raise ValueError(f"patch outside {sym.name} ({offset}+{len(value)} > {sym.size})")
+        start = sec.offset + sym.value + offset
+        self.data[start:start + len(value)] = value
+
+    def relocations(self, section: str) -> list[tuple[int, str]]:
+        """(offset, symbol name) of each REL entry that applies to ``section``."""
+        target = self.section(section)
+        if target is None:
+            return []
+        out = []
+        for sec in self.sections:
+            if sec.type != SHT_REL or sec.info != target.index:
+                continue
+            symtab = self.sections[sec.link]
+            stroff = self.sections[symtab.link].offset
+            for j in range(sec.size // 16):
+                off, info = struct.unpack_from("<QQ", self.data, sec.offset + j * 16)
+                symidx = info >> 32
+                name_off, = struct.unpack_from("<I", self.data, symtab.offset + symidx * 24)
+                out.append((off, self._cstr(stroff + name_off)))
+        return out
+
+    def struct_ops_maps(self) -> list[ElfSymbol]:
+        """Global variables in ``.struct_ops`` / ``.struct_ops.link`` sections (the scheduler ops)."""
+        return [s for s in self.symbols if s.section.startswith(".struct_ops") and s.type == 1 and s.size > 0]
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.data)
+
+
+def struct_member_offsets(setup: SetupInfo | None, struct_name: str) -> dict[str, tuple[int, int]]:
+    """Byte offset and size of each member of ``struct_name`` from the target kernel's vmlinux.h.
+
+    Sizes are taken from a small table of scalar types; the fields we patch
+    (timeout_ms u32, flags u64, name char[]) are all covered.
+    """
+    setup = setup or ensure_setup(progress=False)
+    return _offsets_from_btf(setup, struct_name)
+
+
+def _offsets_from_btf(setup: SetupInfo, struct_name: str) -> dict[str, tuple[int, int]]:
+    cache = setup.cache_dir / "kernel" / setup.kernel_release / f"offsets-{struct_name}.txt"
+    if cache.is_file():
+        text = cache.read_text()
+    else:
+        target = setup.vmlinux if setup.vmlinux and setup.vmlinux.is_file() else None
+        if target is None:
+            raise RuntimeError("no vmlinux in the cache; run `aios sched setup`")
+        proc = subprocess.run(["bpftool", "btf", "dump", "file", str(target)], capture_output=True, text=True)
+        text = _extract_struct_block(proc.stdout, struct_name)
+        cache.write_text(text)
+    out: dict[str, tuple[int, int]] = {}
+    for m in re.finditer(r"'(\w+)' type_id=\d+ bits_offset=(\d+)(?: bitfield_size=(\d+))?", text):
+        out[m.group(1)] = (int(m.group(2)) // 8, 0)
+    names = list(out)
+    size_m = re.search(r"size=(\d+)", text)
+    total = int(size_m.group(1)) if size_m else 0
+    for i, n in enumerate(names):
+        nxt = out[names[i + 1]][0] if i + 1 < len(names) else total
+        out[n] = (out[n][0], nxt - out[n][0])
+    return out
+
+
+def _extract_struct_block(raw: str, struct_name: str) -> str:
+    lines = raw.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(rf"^\[\d+\] STRUCT '{re.escape(struct_name)}' size=", line):
+            block = [line]
+            for nxt in lines[i + 1:]:
+                if not nxt.startswith("\t"):
+                    break
+                block.append(nxt)
+            return "\n".join(block)
+    raise RuntimeError(f"struct {struct_name} not in the kernel BTF")
+
+
+def patch_struct_ops_field(obj: bytes, field: str, value: int, setup: SetupInfo | None = None,
+                           only_if_zero: bool = False) -> bytes:
+    """Set an integer member (e.g. ``timeout_ms``) of every sched_ext_ops map in the object.
+
+    Used by the verifier to force a short watchdog so a stalling scheduler is
+    ejected within seconds instead of the default 30 s.
+    """
+    elf = ElfObject(obj)
+    offsets = struct_member_offsets(setup, "sched_ext_ops")
+    if field not in offsets:
+        raise KeyError(f"sched_ext_ops has no member {field!r} on this kernel")
+    off, size = offsets[field]
+    fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}.get(size)
+    if fmt is None:
+        raise ValueError(f"sched_ext_ops.{field} is not a scalar ({size} bytes)")
+    for sym in elf.struct_ops_maps():
+        if sym.size < off + size:
+            continue
+        if only_if_zero and any(elf.symbol_bytes(sym)[off:off + size]):
+            continue
+        elf.patch(sym, off, struct.pack(fmt, value))
+    return elf.to_bytes()
+
+
+def set_tunables(obj: bytes, values: dict[str, int | float | bool]) -> bytes:
+    """Overwrite ``AIOS_TUNABLE`` (const volatile, ``.rodata``) integers in the object.
+
+    Raises ``KeyError`` naming the tunables the object does not declare.
+    """
+    elf = ElfObject(obj)
+    missing = []
+    for name, value in values.items():
+        sym = elf.symbol(name)
+        if sym is None or not sym.section.startswith(".rodata"):
+            missing.append(name)
+            continue
+        fmt = {1: "<b", 2: "<h", 4: "<i", 8: "<q"}.get(sym.size)
+        if fmt is None:
+            raise ValueError(f"tunable {name} has size {sym.size}; only integers can be set")
+        v = int(value)
+        if v < 0 or sym.size == 8:
+            elf.patch(sym, 0, struct.pack(fmt, v) if v < 0 else v.to_bytes(sym.size, "little"))
+        else:
+            elf.patch(sym, 0, v.to_bytes(sym.size, "little"))
+    if missing:
+        raise KeyError(f"not tunables of this object (need AIOS_TUNABLE in .rodata): {', '.join(missing)}")
+    return elf.to_bytes()
+
+
+def read_struct_ops_name(obj: bytes, setup: SetupInfo | None = None) -> dict[str, str]:
+    """Map symbol → ``.name`` string of each sched_ext_ops map in the object."""
+    elf = ElfObject(obj)
+    offsets = struct_member_offsets(setup, "sched_ext_ops")
+    off, size = offsets.get("name", (0, 0))
+    out = {}
+    for sym in elf.struct_ops_maps():
+        raw = elf.symbol_bytes(sym)[off:off + size]
+        out[sym.name] = raw.split(b"\0", 1)[0].decode(errors="replace")
+    return out
