@@ -225,6 +225,9 @@ class LLMResponse(BaseModel):
     completion_tokens: int = 0
     preemptions: int = 0
     beam_score: float | None = None
+    seed: int | None = Field(None, description="sampling seed used (drawn at random when the request gave none)")
+    context_actions: list[str] = Field(default_factory=list, description="what context-window management did")
+    tool_call_error: str | None = Field(None, description="why the tool calls in the text could not be parsed")
 
 
 class LLMSyscall(Syscall):

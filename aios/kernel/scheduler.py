@@ -1,0 +1,265 @@
+"""The agent scheduler: which sequences hold batch rows in the next step.
+
+A *policy* is a small class that orders the ready queue (``key``: lower runs first) and says when
+a running sequence should give its rows up (``expired`` for time slices, ``preemptive`` plus
+``key`` comparison for better jobs waiting). The ``Scheduler`` applies a policy under the batch
+limits (``max_rows`` rows, beams count; ``max_tokens`` prefill+decode tokens per step) and
+returns a ``Plan``: who is suspended (their KV goes to the context manager), who resumes (KV comes
+back, no recompute) and who is admitted (prefill). A sequence that loses its place is suspended,
+never restarted.
+
+Policies
+--------
+- ``FIFO``: arrival order, run to completion, never preempts.
+- ``RoundRobin(quantum)``: ready-queue order; a running sequence that generated ``quantum`` tokens
+  since it was (re)scheduled goes to the back of the queue *if someone is waiting* (otherwise its
+  slice is renewed and nothing is suspended).
+- ``Priority(aging)``: lower ``request.priority`` first. Effective priority = priority − aging ×
+  seconds spent waiting in the ready queue (accumulated over the request's life, frozen while it
+  runs), so a low-priority request eventually outranks newer high-priority ones: nothing
+  starves. Preemptive: a ready request with a strictly better effective priority takes the rows
+  of the worst running one when the batch is full.
+- ``SJF``: shortest remaining job first, preemptive (SRTF). Remaining = expected length − tokens
+  generated. Expected length is ``request.expected_tokens`` when given, else ``LengthPredictor``:
+  an exponential moving average (α = 0.5) of the completion lengths of the *same agent's* earlier
+  requests (agents tend to repeat the same kind of call), else the average over all agents, else
+  ``max_new_tokens``; always capped at ``max_new_tokens``.
+
+Ties break by arrival, so every policy is deterministic for a given arrival order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aios.kernel.sequence import SeqStatus, Sequence
+
+
+class Policy:
+    name = "base"
+    preemptive = False
+
+    def key(self, seq: Sequence, now: float) -> tuple:
+        raise NotImplementedError
+
+    def expired(self, seq: Sequence) -> bool:
+        """True when a running sequence's time slice is over."""
+        return False
+
+    def on_add(self, seq: Sequence) -> None:
+        """Called when a request enters the engine."""
+
+    def observe(self, seq: Sequence) -> None:
+        """Called when a request finishes (predictors learn here)."""
+
+
+class FIFO(Policy):
+    name = "fifo"
+
+    def key(self, seq: Sequence, now: float) -> tuple:
+        return (seq.arrival, seq.seq_id)
+
+
+class RoundRobin(Policy):
+    name = "rr"
+
+    def __init__(self, quantum: int = 8):
+        if quantum < 1:
+            raise ValueError("quantum must be >= 1 token")
+        self.quantum = quantum
+
+    def key(self, seq: Sequence, now: float) -> tuple:
+        return (seq.ready_since, seq.seq_id)
+
+    def expired(self, seq: Sequence) -> bool:
+        return seq.quantum_used >= self.quantum
+
+
+class Priority(Policy):
+    name = "priority"
+    preemptive = True
+
+    def __init__(self, aging: float = 1.0):
+        self.aging = aging
+
+    def effective(self, seq: Sequence, now: float) -> float:
+        waited = seq.waited + (now - seq.ready_since if seq.status is not SeqStatus.RUNNING else 0.0)
+        return seq.request.priority - self.aging * waited
+
+    def key(self, seq: Sequence, now: float) -> tuple:
+        return (self.effective(seq, now), seq.arrival, seq.seq_id)
+
+
+class LengthPredictor:
+    """Per-agent EMA of completion lengths (see module docstring)."""
+
+    def __init__(self, alpha: float = 0.5):
+        self.alpha = alpha
+        self.per_agent: dict[str, float] = {}
+        self.overall: float | None = None
+
+    def predict(self, agent: str, max_new_tokens: int) -> int:
+        est = self.per_agent.get(agent, self.overall)
+        if est is None:
+            return max_new_tokens
+        return max(1, min(max_new_tokens, round(est)))
+
+    def observe(self, agent: str, n_tokens: int) -> None:
+        a = self.alpha
+        prev = self.per_agent.get(agent)
+        self.per_agent[agent] = n_tokens if prev is None else a * n_tokens + (1 - a) * prev
+        self.overall = n_tokens if self.overall is None else a * n_tokens + (1 - a) * self.overall
+
+
+class SJF(Policy):
+    name = "sjf"
+    preemptive = True
+
+    def __init__(self, predictor: LengthPredictor | None = None):
+        self.predictor = predictor or LengthPredictor()
+
+    def on_add(self, seq: Sequence) -> None:
+        req = seq.request
+        if req.expected_tokens is not None:
+            seq.predicted_tokens = min(req.expected_tokens, seq.max_new_tokens)
+        else:
+            seq.predicted_tokens = self.predictor.predict(seq.agent, seq.max_new_tokens)
+
+    def remaining(self, seq: Sequence) -> int:
+        return max(1, seq.predicted_tokens - seq.tokens_generated)
+
+    def key(self, seq: Sequence, now: float) -> tuple:
+        return (self.remaining(seq), seq.arrival, seq.seq_id)
+
+    def observe(self, seq: Sequence) -> None:
+        if seq.request.expected_tokens is None:
+            self.predictor.observe(seq.agent, seq.tokens_generated)
+
+
+def make_policy(name: str, quantum: int = 8, aging: float = 1.0) -> Policy:
+    if name == "fifo":
+        return FIFO()
+    if name == "rr":
+        return RoundRobin(quantum)
+    if name == "priority":
+        return Priority(aging)
+    if name == "sjf":
+        return SJF()
+    raise ValueError(f"unknown scheduling policy {name!r}")
+
+
+@dataclass
+class Plan:
+    suspend: list[Sequence] = field(default_factory=list)
+    resume: list[Sequence] = field(default_factory=list)
+    admit: list[Sequence] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.suspend or self.resume or self.admit)
+
+
+class Scheduler:
+    """Ready queue + running set under a policy and the batch limits. Used by one engine thread."""
+
+    def __init__(self, policy: Policy, max_rows: int, max_tokens: int):
+        self.policy = policy
+        self.max_rows = max_rows
+        self.max_tokens = max_tokens
+        self.ready: list[Sequence] = []  # WAITING or SUSPENDED
+        self.running: list[Sequence] = []
+
+    # -- queue changes -----------------------------------------------------------------------------
+    def add(self, seq: Sequence, now: float) -> None:
+        seq.ready_since = now
+        self.policy.on_add(seq)
+        self.ready.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """A sequence left the engine (finished or failed)."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.ready:
+            self.ready.remove(seq)
+
+    def finished(self, seq: Sequence) -> None:
+        self.remove(seq)
+        self.policy.observe(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.ready or self.running)
+
+    @property
+    def rows_in_use(self) -> int:
+        return sum(s.num_rows for s in self.running)
+
+    # -- the decision ------------------------------------------------------------------------------
+    def schedule(self, now: float) -> Plan:
+        """Decide the next step's running set. Mutates ``ready``/``running``; the engine applies the plan."""
+        policy = self.policy
+        old_running = list(self.running)
+        # 1. time slices: expired sequences go to the back of the queue when someone waits
+        if self.ready:
+            for seq in [s for s in self.running if policy.expired(s)]:
+                self.running.remove(seq)
+                self._to_ready(seq, now)
+        for seq in self.running:
+            if policy.expired(seq):
+                seq.quantum_used = 0  # nobody waits: renew the slice
+        # 2. fill free rows in policy order; 3. preempt worse running sequences for better ready ones
+        order = sorted(self.ready, key=lambda s: policy.key(s, now))
+        rows = self.rows_in_use
+        tokens = rows  # each running row decodes one token
+        prefilled = 0
+        for cand in order:
+            need_tokens = len(cand.prompt_ids) if cand.status is SeqStatus.WAITING else 0
+            fits_rows = rows + cand.num_rows <= self.max_rows
+            fits_tokens = tokens + need_tokens <= self.max_tokens or (need_tokens and prefilled == 0 and not self.running)
+            if not fits_rows and policy.preemptive:
+                fits_rows = self._preempt_for(cand, now)
+                rows = self.rows_in_use
+                tokens = rows + prefilled
+            if not (fits_rows and fits_tokens):
+                break
+            self._to_running(cand, now)
+            rows += cand.num_rows
+            tokens += max(need_tokens, cand.num_rows)
+            prefilled += need_tokens
+        plan = Plan()
+        for seq in old_running:
+            if seq not in self.running:
+                plan.suspend.append(seq)
+        for seq in self.running:
+            if seq not in old_running:
+                (plan.admit if seq.status is SeqStatus.WAITING else plan.resume).append(seq)
+        return plan
+
+    def _preempt_for(self, cand: Sequence, now: float) -> bool:
+        """Suspend running sequences that rank worse than ``cand`` until it fits; True if it does."""
+        policy = self.policy
+        cand_key = policy.key(cand, now)
+        victims = sorted(self.running, key=lambda s: policy.key(s, now), reverse=True)
+        free = self.max_rows - self.rows_in_use
+        chosen = []
+        for v in victims:
+            if free >= cand.num_rows:
+                break
+            if not policy.key(v, now) > cand_key:
+                break
+            chosen.append(v)
+            free += v.num_rows
+        if free < cand.num_rows:
+            return False
+        for v in chosen:
+            self.running.remove(v)
+            self._to_ready(v, now)
+        return True
+
+    def _to_ready(self, seq: Sequence, now: float) -> None:
+        seq.ready_since = now
+        self.ready.append(seq)
+
+    def _to_running(self, seq: Sequence, now: float) -> None:
+        self.ready.remove(seq)
+        seq.waited += now - seq.ready_since
+        seq.quantum_used = 0
+        self.running.append(seq)
