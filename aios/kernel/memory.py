@@ -164,7 +164,10 @@ class MemoryManager:
         """The agent's record; on first touch, adopt items it persisted earlier (in storage)."""
         am = self._agents.get(agent)
         if am is None:
-            am = self._agents[agent] = AgentMemory(sizes=self.storage.swap_sizes(agent))
+            # Items in storage for an agent we do not know were persisted by an earlier run (or
+            # evicted before a crash): adopt them and keep persisting until told otherwise.
+            sizes = self.storage.swap_sizes(agent)
+            am = self._agents[agent] = AgentMemory(sizes=sizes, persist=bool(sizes))
         return am
 
     def _make_resident(self, agent: str, item: MemItem) -> None:
@@ -302,9 +305,8 @@ class MemoryManager:
     def release(self, agent: str) -> dict[str, Any]:
         """The agent is gone: free its memory, or write it to storage if it asked to persist."""
         with self._lock:
-            am = self._agents.pop(agent, None)
-            if am is None:
-                am = AgentMemory(sizes=self.storage.swap_sizes(agent))
+            am = self._agents.pop(agent, None) or self._agent(agent)
+            self._agents.pop(agent, None)
             mine = [k for k in self._resident if k[0] == agent]
             for key in mine:
                 item = self._resident.pop(key)

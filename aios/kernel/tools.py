@@ -354,7 +354,7 @@ class ToolManager:
 # ---------------------------------------------------------------------------------------------
 
 _LAUNCHER = """
-import resource, sys
+import os, resource, sys
 cpu, mem, fsize = {cpu}, {mem}, {fsize}
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
 resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -362,7 +362,30 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 code = sys.stdin.read()
-del resource, cpu, mem, fsize
+_cwd = os.path.realpath(os.getcwd()) + os.sep
+_ro = tuple(os.path.realpath(p) + os.sep for p in {{sys.prefix, sys.base_prefix, sys.exec_prefix}})
+_deny = ("os.system", "os.exec", "os.posix_spawn", "os.fork", "os.forkpty", "subprocess.Popen", "ctypes.dlopen",
+         "os.chdir", "os.symlink", "os.link", "os.rename", "os.remove", "shutil.rmtree")
+def _guard(event, args, _realpath=os.path.realpath, _str=str, _isinstance=isinstance):
+    if event == "open":
+        path, mode = args[0], args[1]
+        if _isinstance(path, int):
+            return
+        p = _realpath(path if _isinstance(path, _str) else path.decode())
+        if p.startswith(_cwd) or (p + "/").startswith(_cwd):
+            return
+        if (mode is None or "r" in _str(mode)) and "+" not in _str(mode or "") and p.startswith(_ro):
+            return
+        raise PermissionError("sandbox: no access to " + p)
+    if event in ("os.listdir", "os.scandir"):
+        p = _realpath(_str(args[0] if args[0] is not None else ".")) + "/"
+        if p.startswith(_cwd) or p.startswith(_ro):
+            return
+        raise PermissionError("sandbox: no access to " + p)
+    if event.startswith(_deny) or (event == "import" and args[0] in ("ctypes", "_ctypes", "socket", "_socket")):
+        raise PermissionError("sandbox: " + event + " is not allowed")
+sys.addaudithook(_guard)
+del resource, cpu, mem, fsize, _guard
 exec(compile(code, "<agent>", "exec"), {{"__name__": "__main__"}})
 """
 
@@ -374,7 +397,10 @@ def run_sandboxed(
 
     The limits are set by the child itself before the code runs (``preexec_fn`` is unsafe in a
     threaded parent). It runs in an empty temporary directory with an empty environment, and is
-    killed when ``timeout`` (wall clock) passes. Network is not blocked.
+    killed when ``timeout`` (wall clock) passes. An audit hook (which code cannot remove) confines
+    file access to that directory (plus read-only access to the Python installation) and refuses
+    process creation, ctypes and sockets: best effort, not a kernel-enforced jail: for hostile
+    code, run the kernel itself in a container.
     """
     launcher = _LAUNCHER.format(cpu=max(1, int(timeout) + 1), mem=memory_mb << 20, fsize=1 << 20)
     with tempfile.TemporaryDirectory(prefix="aios-sandbox-") as cwd:

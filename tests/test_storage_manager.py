@@ -1,0 +1,192 @@
+"""Storage manager: durable items, files, logs, chromadb index consistency, crash safety, server mode.
+
+The hashing embedder is used where only plumbing matters; ``test_retrieval_minilm`` uses MiniLM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from _mgr_util import make_kernel, minilm
+
+import aios
+from aios.kernel.storage import StorageManager
+from aios.kernel.syscall import SyscallFailed
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    k = make_kernel(tmp_path)
+    yield k
+    k.shutdown()
+
+
+def test_items_roundtrip(kernel):
+    with aios.agent_context(kernel, "alice"):
+        assert aios.storage_put("notes/1", "first note", {"n": 1})["version"] == 1
+        assert aios.storage_put("notes/1", "first note, edited")["version"] == 2
+        aios.storage_put("notes/2", "second note")
+        aios.storage_put("other", "unrelated text")
+        assert aios.storage_get("notes/1")["content"] == "first note, edited"
+        assert [i["key"] for i in aios.storage_list("notes/")] == ["notes/1", "notes/2"]
+        assert aios.storage_search("second note", k=1)[0]["key"] == "notes/2"
+        assert aios.storage_delete("other") is True
+        with pytest.raises(SyscallFailed) as ei:
+            aios.storage_get("other")
+        assert ei.value.error.type == "NotFound"
+        assert kernel.modules["storage"].consistency()["consistent"]
+
+
+def test_files_and_traversal(kernel):
+    with aios.agent_context(kernel, "alice"):
+        aios.file_write("docs/a.txt", "hello")
+        aios.file_write("img.bin", b"\x00\xff")
+        assert aios.file_read("docs/a.txt") == "hello"
+        assert aios.file_read("img.bin", binary=True) == b"\x00\xff"
+        assert [f["path"] for f in aios.file_list()] == ["docs/a.txt", "img.bin"]
+        for bad in ["../x", "/etc/passwd", "docs/../../x", "a\\..\\b", "..", "./../x"]:
+            with pytest.raises(SyscallFailed) as ei:
+                aios.file_write(bad, "pwned")
+            assert ei.value.error.type == "InvalidPath", bad
+        with pytest.raises(SyscallFailed) as ei:
+            aios.file_read("img.bin")  # not text: a clear error, nothing lost
+        assert ei.value.error.type == "StorageError"
+    root = kernel.modules["storage"].files_root
+    assert not (root.parent / "x").exists() and not (root / "x").exists()
+
+
+def test_interaction_log(kernel):
+    with aios.agent_context(kernel, "alice"):
+        aios.log_append("asked about the weather", event="user")
+        aios.tool_call("current_time")
+        events = [e["event"] for e in aios.log_read()]
+        assert events == ["user", "tool_call"]
+
+
+def test_reconcile_repairs_index(tmp_path):
+    s = StorageManager(tmp_path / "d", embedder=aios.kernel.embedding.HashEmbedder())
+    for i in range(5):
+        s.put("a", f"k{i}", f"text {i}")
+    col = s._index()
+    col.delete(ids=[col.get()["ids"][0]])  # a row whose index entry was lost
+    col.upsert(
+        ids=["99999"], embeddings=[[0.1] * 64], metadatas=[{"agent": "a", "key": "ghost", "version": 1}]
+    )
+    with s._tx() as db:  # a row updated in SQLite but not re-indexed
+        db.execute("UPDATE items SET version = version + 1 WHERE key = 'k3'")
+    c = s.consistency()
+    assert not c["consistent"] and c["missing"] and c["orphans"] == ["99999"] and c["stale"]
+    assert all(r["key"] != "ghost" for r in s.search("a", "text", k=10))  # orphans never surface
+    assert s.reconcile() == {"reindexed": 2, "orphans_dropped": 1}
+    assert s.consistency()["consistent"]
+    s.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, aios
+    from aios.kernel.storage import StorageSyscall, StorageRequest
+    k = aios.Kernel(data_dir=sys.argv[1], embedder="hash")
+    i = 0
+    while True:
+        k.syscall(StorageSyscall(agent="w", request=StorageRequest(op="put", key=f"k{i}", content=f"value {i}")))
+        if i % 3 == 0:  # some updates too, so versions matter
+            k.syscall(StorageSyscall(agent="w", request=StorageRequest(op="put", key=f"k{i}", content=f"value {i} v2")))
+        print(i, flush=True)  # acknowledged
+        i += 1
+    """
+)
+
+
+def test_crash_safety_sigkill(tmp_path):
+    data = tmp_path / "crash"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(data)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    acked = []
+    deadline = time.time() + 90
+    while len(acked) < 40 and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acked.append(int(line))
+    proc.send_signal(signal.SIGKILL)  # mid-stream: the writer is in its next put
+    proc.wait()
+    assert len(acked) >= 40, "writer did not get going"
+    k = aios.Kernel(data_dir=data, embedder="hash")
+    try:
+        st = k.modules["storage"]
+        for i in acked:
+            expect = f"value {i} v2" if i % 3 == 0 else f"value {i}"
+            assert st.get("w", f"k{i}")["content"] == expect
+        c = st.consistency()
+        assert c["consistent"], c
+        assert c["rows"] >= len(acked)
+    finally:
+        k.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_chroma_server_mode(tmp_path):
+    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    if not Path(chroma).exists():
+        pytest.skip("the `chroma` CLI is not installed")
+    port = _free_port()
+    server = subprocess.Popen(
+        [chroma, "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("chroma server did not start")
+        k = make_kernel(tmp_path, storage_url=f"http://127.0.0.1:{port}")
+        try:
+            with aios.agent_context(k, "alice"):
+                aios.storage_put("a", "apples and pears")
+                aios.storage_put("b", "trains and buses")
+                assert aios.storage_search("pears", k=1)[0]["key"] == "a"
+            st = k.modules["storage"]
+            assert st.url is not None and st._client is not None
+            assert st.consistency()["consistent"]
+        finally:
+            k.shutdown()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_retrieval_minilm(kernel):
+    kernel.modules["storage"].embedder = minilm()
+    with aios.agent_context(kernel, "alice"):
+        aios.storage_put("pet", "Our dog Rex loves chasing tennis balls in the park.")
+        aios.storage_put("tax", "The income tax return is due on April 15.")
+        aios.storage_put("trip", "Hotel booked in Lisbon for the conference week.")
+        assert aios.storage_search("puppy playing fetch", k=1)[0]["key"] == "pet"
+    st = kernel.modules["storage"]
+    assert st.retrieve("alice", "when must I file taxes", 1) == ["The income tax return is due on April 15."]
+    assert st.retrieve("bob", "when must I file taxes", 3) == []  # retrieval stays in the caller's namespace
