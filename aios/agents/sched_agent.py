@@ -213,7 +213,7 @@ class _State:
 
 
 _CODE_RE = re.compile(r"```(?:c|C|bpf)?\s*\n(.*?)```", re.S)
-_TUNABLE_RE = re.compile(r"(const\s+volatile\s+u64\s+(\w+)\s*=\s*)(\d+)(ULL|ull|UL|ul|U|u)?\s*;")
+_TUNABLE_RE = re.compile(r"(const\s+volatile\s+[us](?:8|16|32|64)\s+(\w+)\s*=\s*)(\d+)(ULL|ull|UL|ul|U|u)?\s*;")
 
 
 def extract_code(text: str) -> str:

@@ -1,0 +1,397 @@
+"""The sched_ext toolchain as kernel tools: what the sched-agent calls through tool syscalls.
+
+Why tools and not direct calls: the sched-agent is an ordinary aios agent, so every toolchain
+operation it performs (profile, search the repository, compile, verify, measure, stress, deploy,
+record) goes through the kernel's ToolManager — access-controlled (``sched_deploy`` is admin
+only), serialised where it must be (one micro-VM at a time on a small machine: the VM tools share
+one exclusive group) and audited like any other syscall.
+
+Safety is enforced here, not trusted to the agent: ``sched_measure``, ``sched_stress`` and
+``sched_deploy`` refuse any source whose exact bytes did not pass every verifier stage in this
+toolbox, and every load (VM or host) is appended to ``SchedToolbox.loads`` with the digest of the
+program, so a test can assert that nothing unverified was ever loaded.
+
+Public API::
+
+    box = SchedToolbox(cache_dir=None, workdir=None)
+    register_sched_tools(kernel, box) -> list[str]      # the tool names
+    box.verify(source, stages="all") / box.measure(source, workload, reps) / ...  (also direct)
+    box.loads, box.verdicts                              # records for audits and tests
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SCHEDULERS_DIR = Path(__file__).parent / "schedulers"
+VM_GROUP = "sched_vm"  # tools that boot the micro-VM never run concurrently
+
+
+class UnverifiedProgram(RuntimeError):
+    """A load was asked for a program that has not passed every verifier stage here."""
+
+    error_type = "UnverifiedProgram"
+
+
+def digest(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+_OPS_NAME_RE = re.compile(r"\.name\s*=\s*\"([A-Za-z0-9_]+)\"")
+
+
+def ops_name(source: str) -> str | None:
+    """The sched_ext ops name a program declares (``.name = "..."``), if any."""
+    m = _OPS_NAME_RE.search(source)
+    return m.group(1) if m else None
+
+
+class StageVerdict(BaseModel):
+    stage: str
+    ok: bool
+    reason: str = ""
+    seconds: float = 0.0
+
+
+class VerifyOutcome(BaseModel):
+    """What ``sched_verify`` returns (JSON to the agent): the first failing stage and why."""
+
+    ok: bool
+    stage: str = Field("", description="the stage that rejected it ('' when ok)")
+    reason: str = ""
+    stages: list[StageVerdict] = Field(default_factory=list)
+    digest: str
+    name: str = ""
+    scope: Literal["all", "static"] = "all"
+
+
+@dataclass
+class LoadRecord:
+    """One time a program was loaded outside the verifier (measurement, stress, host)."""
+
+    digest: str
+    name: str
+    where: Literal["vm-measure", "vm-stress", "host"]
+    verified: bool
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class SchedToolbox:
+    """The toolchain operations with their safety records; one per kernel (no global state)."""
+
+    cache_dir: Path | None = None
+    workdir: Path | None = None
+    vm_options: dict[str, Any] = field(default_factory=dict)
+    verdicts: dict[str, VerifyOutcome] = field(default_factory=dict)
+    loads: list[LoadRecord] = field(default_factory=list)
+    objects: dict[str, Path] = field(default_factory=dict)
+    _repo: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="aios-sched-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # -- files ------------------------------------------------------------------------------------
+    def source_path(self, source: str) -> Path:
+        """Write ``source`` under the workdir, named by its digest (idempotent)."""
+        d = digest(source)
+        path = self.workdir / d / f"{ops_name(source) or 'sched'}.bpf.c"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(source)
+        return path
+
+    def _vm(self) -> Any:
+        from aios.sched_ext.vm import MicroVM
+
+        return MicroVM(**self.vm_options)
+
+    def fully_verified(self, source: str) -> bool:
+        v = self.verdicts.get(digest(source))
+        return v is not None and v.ok and v.scope == "all"
+
+    def _require_verified(self, source: str, where: str) -> str:
+        d = digest(source)
+        if not self.fully_verified(source):
+            raise UnverifiedProgram(
+                f"refusing to load program {d} ({where}): it has not passed every verifier stage"
+            )
+        return d
+
+    # -- profile ----------------------------------------------------------------------------------
+    def profile(self, workload: str, tier: str = "summary") -> dict[str, Any]:
+        """Workload profile, cheapest tier first (the analysis engine's ``profile``)."""
+        from aios.sched_ext import profile as prof
+        from aios.sched_ext.workloads import get_workload
+
+        w = get_workload(workload)
+        p = prof.profile(workload, tier=tier, **({"vm": self._vm()} if self.vm_options else {}))
+        data = p.model_dump(mode="json") if hasattr(p, "model_dump") else dict(p)
+        text = p.text() if hasattr(p, "text") else (p.summary() if hasattr(p, "summary") else "")
+        return {
+            "workload": workload,
+            "tier": tier,
+            "description": w.description,
+            "metrics": [m.name for m in w.metrics],
+            "text": text if isinstance(text, str) and text else json.dumps(data, default=str)[:1500],
+            "data": data,
+        }
+
+    # -- repository -------------------------------------------------------------------------------
+    def repository(self) -> Any:
+        with self._lock:
+            if self._repo is None:
+                from aios.sched_ext.repository import PolicyRepository
+
+                self._repo = PolicyRepository(
+                    **({"path": self.cache_dir / "repository"} if self.cache_dir else {})
+                )
+            return self._repo
+
+    def search(self, query: str, k: int = 4) -> list[dict[str, Any]]:
+        """Closest repository schedulers to ``query`` (description / workload profile)."""
+        hits = self.repository().search(query, k=k)
+        out = []
+        for h in hits:
+            d = h.model_dump(mode="json") if hasattr(h, "model_dump") else dict(h)
+            entry = d.get("entry") or d.get("policy") or d
+            src = entry.get("source") or ""
+            if not src and entry.get("source_path"):
+                src = Path(entry["source_path"]).read_text()
+            out.append(
+                {
+                    "name": entry.get("name", ""),
+                    "description": entry.get("description", ""),
+                    "tunables": entry.get("tunables", {}),
+                    "score": d.get("score", d.get("distance")),
+                    "source": src,
+                }
+            )
+        return out
+
+    def record(self, name: str, source: str, description: str, workload: str, result: dict[str, Any]) -> dict:
+        """Record a candidate (and its measured result or rejection) in the policy repository."""
+        repo = self.repository()
+        rec = getattr(repo, "record_candidate", None)
+        if rec is not None:
+            return {
+                "ok": True,
+                "id": str(
+                    rec(name=name, source=source, description=description, workload=workload, result=result)
+                ),
+            }
+        add, add_result = getattr(repo, "add", None), getattr(repo, "add_result", None)
+        if add is not None:
+            try:
+                add(name=name, source=source, description=description, tags=["sched-agent"])
+            except Exception:  # already there: the result is what matters
+                pass
+        if add_result is not None:
+            add_result(name, workload=workload, metrics=result)
+        return {"ok": True}
+
+    # -- build and verify ---------------------------------------------------------------------------
+    def compile(self, source: str) -> dict[str, Any]:
+        from aios.sched_ext import build
+
+        path = self.source_path(source)
+        res = build.compile_bpf(path)
+        d = res.model_dump(mode="json") if hasattr(res, "model_dump") else dict(res)
+        return {"ok": bool(d.get("ok")), "diagnostics": d.get("diagnostics", []), "object": d.get("object")}
+
+    def verify(self, source: str, stages: Literal["all", "static"] = "all") -> dict[str, Any]:
+        """Run the staged verifier; ``static`` stops after the kernel-free stages (write-mode repair)."""
+        from aios.sched_ext import verifier
+
+        d = digest(source)
+        cached = self.verdicts.get(d)
+        if cached is not None and (cached.scope == "all" or stages == "static" or not cached.ok):
+            return cached.model_dump()
+        path = self.source_path(source)
+        kwargs: dict[str, Any] = {}
+        if stages == "static":
+            kwargs["stages"] = ("compile", "static")
+        elif self.vm_options:
+            kwargs["vm"] = self._vm()
+        v = verifier.verify(path, **kwargs)
+        stage_list = []
+        for s in getattr(v, "stages", []) or []:
+            sd = s.model_dump(mode="json") if hasattr(s, "model_dump") else dict(s)
+            stage_list.append(
+                StageVerdict(
+                    stage=str(sd.get("stage", sd.get("name", ""))),
+                    ok=bool(sd.get("ok")),
+                    reason=str(sd.get("reason", ""))[:2000],
+                    seconds=float(sd.get("seconds", 0.0) or 0.0),
+                )
+            )
+        failed = next((s for s in stage_list if not s.ok), None)
+        out = VerifyOutcome(
+            ok=bool(v.ok),
+            stage="" if v.ok else (failed.stage if failed else str(getattr(v, "stage", "") or "")),
+            reason="" if v.ok else str(getattr(v, "reason", "") or (failed.reason if failed else ""))[:3000],
+            stages=stage_list,
+            digest=d,
+            name=ops_name(source) or "",
+            scope=stages,
+        )
+        obj = getattr(v, "object_path", None) or getattr(v, "obj", None)
+        if obj:
+            self.objects[d] = Path(obj)
+        self.verdicts[d] = out
+        return out.model_dump()
+
+    # -- measurement and validation -------------------------------------------------------------------
+    def label(self, source: str) -> str:
+        return "c" + digest(source)
+
+    def verified_object(self, source: str) -> Any:
+        from aios.sched_ext.measure import VerifiedObject
+
+        d = self._require_verified(source, "measure")
+        return VerifiedObject(self.label(source), self.source_path(source), self.objects[d])
+
+    def measure(self, source: str, workload: str, reps: int = 3) -> dict[str, Any]:
+        """Candidate vs EEVDF on ``workload`` in one VM boot; only fully verified programs."""
+        from aios.sched_ext.measure import MeasureError, measure_objects
+
+        obj = self.verified_object(source)
+        self.loads.append(LoadRecord(digest(source), ops_name(source) or "", "vm-measure", True))
+        try:
+            res = measure_objects([obj], workload, reps, **({"vm": self._vm()} if self.vm_options else {}))[0]
+        except MeasureError as exc:
+            return {"ok": False, "error": str(exc)[:2000]}
+        return measure_summary(res)
+
+    def stress(self, source: str, seconds: float = 60.0) -> dict[str, Any]:
+        """Run a stress mix for ``seconds`` under the scheduler: it must stay enabled throughout."""
+        from aios.sched_ext import verifier
+
+        obj = self.verified_object(source)
+        self.loads.append(LoadRecord(digest(source), ops_name(source) or "", "vm-stress", True))
+        t0 = time.time()
+        fn = getattr(verifier, "stress", None)
+        if fn is None:
+            return {"ok": False, "reason": "verifier has no stress validation", "seconds": 0.0}
+        r = fn(obj.obj, seconds=seconds, **({"vm": self._vm()} if self.vm_options else {}))
+        d = r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r)
+        return {
+            "ok": bool(d.get("ok")),
+            "reason": str(d.get("reason", ""))[:1000],
+            "seconds": time.time() - t0,
+            "detail": {k: v for k, v in d.items() if k not in ("ok", "reason")},
+        }
+
+    def deploy(self, source: str) -> dict[str, Any]:
+        """Load on the host (host mode only: root and a sched_ext kernel); verified programs only."""
+        problem = host_deploy_problem()
+        if problem:
+            return {"ok": False, "reason": problem}
+        d = self._require_verified(source, "host")
+        from aios.sched_ext import loader
+
+        self.loads.append(LoadRecord(d, ops_name(source) or "", "host", True))
+        handle = loader.load_host(self.objects[d])
+        return {"ok": True, "name": ops_name(source), "handle": str(handle)}
+
+
+def host_deploy_problem() -> str:
+    """Why this host cannot take a scheduler ('' when it can): root and a sched_ext kernel needed."""
+    if os.geteuid() != 0:
+        return "host deployment needs root (run as root, or leave out --deploy: the winner stays in the micro-VM)"
+    if not Path("/sys/kernel/sched_ext/state").exists():
+        return (
+            "this host kernel has no sched_ext (no /sys/kernel/sched_ext): host deployment is impossible; "
+            "the winner was verified and measured in the micro-VM only"
+        )
+    return ""
+
+
+def measure_summary(res: Any) -> dict[str, Any]:
+    """A ``MeasureResult`` as the flat JSON the agent reads: means per metric and the ratio's spread."""
+    base, cand, spread = {}, {}, {}
+    for name, m in res.metrics.items():
+        base[name], cand[name] = m.baseline.mean, m.candidate.mean
+        p = m.paired_improvement
+        if p.values and p.mean and p.mean == p.mean:
+            spread[name] = (p.max - p.min) / 2 / p.mean
+    return {
+        "ok": bool(res.stayed_enabled),
+        "error": "" if res.stayed_enabled else "scheduler was ejected during measurement",
+        "workload": res.workload,
+        "baseline": base,
+        "candidate": cand,
+        "spread": spread,
+        "improvement": res.improvement,
+        "primary_metric": res.primary_metric,
+        "reps": res.reps,
+        "vm_seconds": res.vm_seconds,
+        "kernel_events": res.kernel_events,
+    }
+
+
+def register_sched_tools(kernel: Any, box: SchedToolbox, *, vm_timeout: float = 1800.0) -> list[str]:
+    """Register the toolchain operations in ``kernel``'s ToolManager; returns their names."""
+    tm = kernel.modules["tools"]
+
+    def sched_profile(workload: str, tier: str = "summary") -> dict[str, Any]:
+        """Profile a guest workload (cheap summary tier first; deeper tiers on request)."""
+        return box.profile(workload, tier)
+
+    def sched_search(query: str, k: int = 4) -> list[dict[str, Any]]:
+        """Search the policy repository for schedulers close to a goal / workload profile."""
+        return box.search(query, k)
+
+    def sched_compile(source: str) -> dict[str, Any]:
+        """Compile BPF C with clang; structured diagnostics on failure."""
+        return box.compile(source)
+
+    def sched_verify(source: str, stages: Literal["all", "static"] = "all") -> dict[str, Any]:
+        """Staged verification (compile, static checks, kernel verifier, dynamic validation in the VM)."""
+        return box.verify(source, stages)
+
+    def sched_measure(source: str, workload: str, reps: int = 3) -> dict[str, Any]:
+        """Measure a verified scheduler against EEVDF on a workload in one micro-VM boot."""
+        return box.measure(source, workload, reps)
+
+    def sched_stress(source: str, seconds: float = 60.0) -> dict[str, Any]:
+        """Run a stress mix under a verified scheduler; it must stay enabled the whole time."""
+        return box.stress(source, seconds)
+
+    def sched_deploy(source: str) -> dict[str, Any]:
+        """Load a verified scheduler on the host (host mode, root, sched_ext kernel only)."""
+        return box.deploy(source)
+
+    def sched_record(name: str, source: str, description: str, workload: str, result: dict[str, Any]) -> dict:
+        """Record a candidate and its result in the policy repository."""
+        return box.record(name, source, description, workload, result)
+
+    specs = [
+        (sched_profile, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
+        (sched_search, {"timeout": 300.0}),
+        (sched_compile, {"timeout": 300.0}),
+        (sched_verify, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
+        (sched_measure, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
+        (sched_stress, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
+        (sched_deploy, {"timeout": 300.0, "groups": ("admin",)}),
+        (sched_record, {"timeout": 300.0}),
+    ]
+    names = []
+    for fn, opts in specs:
+        tm.register(fn, owner="sched_ext", **opts)
+        names.append(fn.__name__)
+    return names
