@@ -1,0 +1,190 @@
+"""Every seed scheduler against EEVDF on every workload, in the micro-VM.
+
+Why: the seed schedulers are the policy repository's starting point and the sched-agent's baseline;
+this records, per workload, how each one compares with the kernel's default under the same boot,
+plus what one verification pass costs. Results: ``benchmarks/results/sched_seeds.{json,md,png}``.
+
+Usage::
+
+    python benchmarks/sched_seeds.py [--reps 3] [--batch-reps 1] [--workloads batch,schbench,...]
+
+One VM boot per workload: EEVDF and all seeds run interleaved in it (see ``measure_objects``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aios.sched_ext.measure import MeasureError, VerifiedObject, measure_objects  # noqa: E402
+from aios.sched_ext.workloads import WORKLOADS, get_workload  # noqa: E402
+
+SCHED_DIR = ROOT / "aios" / "sched_ext" / "schedulers"
+RESULTS = ROOT / "benchmarks" / "results"
+MAIN_WORKLOADS = ["batch", "schbench", "build", "cyclictest", "hackbench", "stressng-mix"]
+
+
+def verify_seeds(out_dir: Path) -> tuple[list[VerifiedObject], dict]:
+    """Run the staged verifier on every seed; return the passing objects and the cost of a pass."""
+    objs: list[VerifiedObject] = []
+    costs: dict = {"per_scheduler": {}}
+    try:
+        from aios.sched_ext import verifier
+    except ImportError:
+        verifier = None
+    for src in tqdm(sorted(SCHED_DIR.glob("*.bpf.c")), desc="verify", unit="sched"):
+        name = src.name.removesuffix(".bpf.c")
+        t0 = time.monotonic()
+        if verifier is not None:
+            verdict = verifier.verify(src)
+            ok = bool(getattr(verdict, "ok", False))
+            obj = getattr(verdict, "object_path", None)
+            stages = {s.stage: round(s.duration_s, 2) for s in getattr(verdict, "stages", [])
+                      if hasattr(s, "stage") and hasattr(s, "duration_s")}
+            mode = "staged verifier"
+        else:  # fallback while the verifier module is absent: compile only, reported as such
+            from aios.sched_ext.build import compile_bpf
+
+            res = compile_bpf(src, out=out_dir / f"{name}.bpf.o")
+            ok, obj, stages, mode = res.ok, res.object_path, {"compile": round(res.duration_s, 2)}, "compile only"
+        dt = time.monotonic() - t0
+        costs["per_scheduler"][name] = {"ok": ok, "seconds": round(dt, 2), "stages": stages, "mode": mode}
+        if ok and obj:
+            objs.append(VerifiedObject(name, src, Path(obj)))
+    secs = [c["seconds"] for c in costs["per_scheduler"].values()]
+    costs["mean_seconds_per_pass"] = round(sum(secs) / max(1, len(secs)), 2)
+    return objs, costs
+
+
+def run(workloads: list[str], reps: int, batch_reps: int) -> dict:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS / ".objs"
+    tmp.mkdir(exist_ok=True)
+    objs, costs = verify_seeds(tmp)
+    data: dict = {"host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "schedulers": [o.name for o in objs], "verification": costs, "workloads": {}}
+    for wl in tqdm(workloads, desc="workloads", unit="wl"):
+        w = get_workload(wl)
+        r = batch_reps if wl.startswith("batch-") else reps
+        t0 = time.monotonic()
+        try:
+            results = measure_objects(objs, w, reps=r)
+        except MeasureError as exc:
+            data["workloads"][wl] = {"error": str(exc)[:2000]}
+            tqdm.write(f"{wl}: FAILED {str(exc)[:300]}")
+            continue
+        data["workloads"][wl] = {"goal": str(w.goal), "primary_metric": w.primary_metric, "reps": r,
+                                 "vm_seconds": round(time.monotonic() - t0, 1),
+                                 "results": [x.model_dump() for x in results]}
+        for x in results:
+            tqdm.write(x.summary())
+        write_outputs(data)
+    write_outputs(data)
+    return data
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}x"
+
+
+def write_outputs(data: dict) -> None:
+    (RESULTS / "sched_seeds.json").write_text(json.dumps(data, indent=1))
+    scheds = data["schedulers"]
+    lines = ["# Seed schedulers vs EEVDF (2-vCPU qemu TCG micro-VM, same boot, interleaved)", "",
+             f"Date: {data['date']}. Cells: improvement over EEVDF on the workload's primary metric "
+             "(>1 = better than EEVDF; mean of reps, with per-rep min-max).", "",
+             "| workload | goal | metric | EEVDF | " + " | ".join(scheds) + " |",
+             "|---|---|---|---|" + "---|" * len(scheds)]
+    for wl, entry in data["workloads"].items():
+        if "error" in entry:
+            lines.append(f"| {wl} | | | error: {entry['error'][:80]} |" + " |" * len(scheds))
+            continue
+        by = {r["scheduler"]: r for r in entry["results"]}
+        pm = entry["primary_metric"]
+        base = next(iter(by.values()))["metrics"][pm]["baseline"]["mean"] if by else float("nan")
+        unit = next(iter(by.values()))["metrics"][pm]["unit"] if by else ""
+        cells = []
+        for s in scheds:
+            r = by.get(s)
+            if not r:
+                cells.append("-")
+                continue
+            m = r["metrics"][pm]
+            p = m["paired_improvement"]
+            flag = "" if r["stayed_enabled"] else " (ejected)"
+            cells.append(f"**{_fmt(m['improvement'])}** ({p['min']:.2f}-{p['max']:.2f}){flag}")
+        lines.append(f"| {wl} | {entry['goal']} | {pm} | {base:.1f} {unit} | " + " | ".join(cells) + " |")
+    v = data["verification"]
+    lines += ["", "## Verification cost", "",
+              f"Mean seconds per full pass: {v.get('mean_seconds_per_pass')} "
+              f"({next(iter(v['per_scheduler'].values()), {}).get('mode', '')})", "",
+              "| scheduler | ok | seconds | stages |", "|---|---|---|---|"]
+    for s, c in v["per_scheduler"].items():
+        lines.append(f"| {s} | {c['ok']} | {c['seconds']} | {c['stages']} |")
+    (RESULTS / "sched_seeds.md").write_text("\n".join(lines) + "\n")
+    try:
+        plot(data)
+    except Exception as exc:  # the table matters more than the picture
+        print(f"plot failed: {exc}", file=sys.stderr)
+
+
+def plot(data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wls = [w for w, e in data["workloads"].items() if "results" in e]
+    scheds = data["schedulers"]
+    if not wls:
+        return
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(wls) * len(scheds) / 3), 5))
+    width = 0.8 / max(1, len(scheds))
+    for i, s in enumerate(scheds):
+        ys, lo, hi = [], [], []
+        for w in wls:
+            r = next((r for r in data["workloads"][w]["results"] if r["scheduler"] == s), None)
+            if r is None:
+                ys.append(0), lo.append(0), hi.append(0)
+                continue
+            m = r["metrics"][r["primary_metric"]]
+            y = m["improvement"]
+            ys.append(y)
+            lo.append(max(0.0, y - m["paired_improvement"]["min"]))
+            hi.append(max(0.0, m["paired_improvement"]["max"] - y))
+        xs = [j + i * width for j in range(len(wls))]
+        ax.bar(xs, ys, width, label=s, yerr=[lo, hi], capsize=2)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(wls))])
+    ax.set_xticklabels([f"{w}\n({data['workloads'][w]['primary_metric']})" for w in wls], rotation=30,
+                       ha="right", fontsize=7)
+    ax.set_ylabel("improvement over EEVDF (x, >1 better)")
+    ax.set_title("Seed sched_ext schedulers vs EEVDF, 2-vCPU TCG micro-VM")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "sched_seeds.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch-reps", type=int, default=1, help="reps for the 8 batch-* types")
+    ap.add_argument("--workloads", default=",".join(MAIN_WORKLOADS + sorted(
+        w for w in WORKLOADS if w.startswith("batch-"))))
+    a = ap.parse_args()
+    run([w for w in a.workloads.split(",") if w], a.reps, a.batch_reps)
+
+
+if __name__ == "__main__":
+    main()
