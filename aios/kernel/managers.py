@@ -49,8 +49,12 @@ def install_managers(kernel: Any) -> None:
     # memory before storage in shutdown order (the kernel closes modules in insertion order);
     # storage closes its SQLite and index; access closes the audit log last.
     kernel.modules.update(memory=memory, tools=tools, storage=storage, access=access)
-    # TODO(engine): once the LLM engine exposes its ``retriever`` hook, point it at
-    # ``storage.retrieve`` (signature ``retriever(agent, query, k) -> list[str]``).
+    # LLM syscalls with retrieve_k > 0: the engine asks ``retriever(agent, query, k)``, which
+    # searches only that agent's own namespace. A core handed to the kernel (``llm=``) exists
+    # now; one the kernel builds lazily (``Kernel.llm``) needs the same line after it is built.
+    core = getattr(kernel, "_llm", None)
+    if core is not None and getattr(core, "retriever", False) is None:
+        core.retriever = storage.retrieve
 
 
 __all__ = ["install_managers", "Tool"]

@@ -180,7 +180,12 @@ def _describe(fn: Callable) -> str:
 def make_tool(fn: Callable[..., Any], name: str | None = None, **options: Any) -> Tool:
     """Build a ``Tool`` from a function's signature (annotations, defaults, ``Annotated`` fields)."""
     name = name or fn.__name__
-    hints = typing.get_type_hints(fn, include_extras=True)
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except NameError as exc:  # string annotations naming something local to a function
+        raise TypeError(
+            f"tool {name}: cannot resolve its annotations ({exc}); define the types at module level"
+        ) from exc
     sig = inspect.signature(fn)
     fields: dict[str, Any] = {}
     ctx_param = model_param = None

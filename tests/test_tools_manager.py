@@ -1,0 +1,219 @@
+"""Tool manager: schemas, built-ins, sandbox, typed failures, exclusion vs parallelism, fairness."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated
+
+import pytest
+from _mgr_util import make_kernel
+from pydantic import BaseModel, Field
+
+import aios
+from aios.kernel.syscall import SyscallFailed
+from aios.kernel.tools import FairSemaphore, ToolContext, make_tool
+
+
+class Args(BaseModel):
+    q: str
+    n: int = 3
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    k = make_kernel(tmp_path, workers=8)
+    yield k
+    k.shutdown()
+
+
+def test_schema_openai_format():
+    def search_flights(
+        origin: Annotated[str, Field(description="IATA code")],
+        dest: str,
+        max_stops: int = 1,
+        ctx: ToolContext = None,
+    ) -> list:
+        """Find flights between two airports.
+
+        More text that is not the description."""
+
+    s = make_tool(search_flights).schema()
+    assert s["type"] == "function"
+    f = s["function"]
+    assert f["name"] == "search_flights" and f["description"] == "Find flights between two airports."
+    assert f["parameters"]["required"] == ["origin", "dest"]
+    assert f["parameters"]["properties"]["origin"] == {"type": "string", "description": "IATA code"}
+    assert "ctx" not in f["parameters"]["properties"]  # injected, never from the model
+
+    def pm(args: Args) -> str:
+        """Takes a pydantic model."""
+        return args.q * args.n
+
+    t = make_tool(pm)
+    assert t.schema()["function"]["parameters"]["properties"]["n"]["default"] == 3
+
+
+def test_builtins(kernel):
+    with aios.agent_context(kernel, "alice"):
+        names = {t["function"]["name"] for t in aios.tools_list()}
+        assert {
+            "calculator",
+            "python",
+            "current_time",
+            "file_read",
+            "file_write",
+            "file_list",
+            "storage_search",
+        } <= names
+        assert aios.tool_call("calculator", {"expression": "1/3 + 1/6"})["result"] == "1/2"
+        assert aios.tool_call("calculator", {"expression": "2**100"})["result"] == 2**100
+        assert aios.tool_call("calculator", {"expression": "sqrt(8)"})["result"] == "2*sqrt(2)"
+        with pytest.raises(SyscallFailed) as ei:
+            aios.tool_call("calculator", {"expression": "__import__('os').system('id')"})
+        assert ei.value.error.type == "ToolError"
+        out = aios.tool_call("python", {"code": "print(sum(range(101)))"})["result"]
+        assert out["stdout"] == "5050\n" and out["returncode"] == 0
+        assert aios.tool_call("current_time", {"timezone": "UTC"})["result"].endswith("+00:00")
+        aios.tool_call("file_write", {"path": "n.txt", "content": "hi"})
+        assert aios.tool_call("file_read", {"path": "n.txt"})["result"] == "hi"
+        assert aios.file_read("n.txt") == "hi"  # same files as the storage syscalls
+        aios.storage_put("doc", "penguins live in antarctica")
+        assert aios.tool_call("storage_search", {"query": "penguins"})["result"][0]["key"] == "doc"
+
+
+def test_sandbox_limits(kernel):
+    with aios.agent_context(kernel, "alice"):
+        t0 = time.time()
+        with pytest.raises(SyscallFailed) as ei:
+            aios.tool_call("python", {"code": "while True: pass", "timeout": 1})
+        assert ei.value.error.type == "ToolTimeout" and time.time() - t0 < 5
+        r = aios.tool_call("python", {"code": "x = bytearray(2 * 1024**3)"})["result"]
+        assert r["returncode"] != 0 and "MemoryError" in r["stderr"]
+        r = aios.tool_call("python", {"code": "print(open('/etc/passwd').read())"})["result"]
+        assert r["returncode"] != 0 and "sandbox" in r["stderr"]
+        r = aios.tool_call("python", {"code": "import subprocess; subprocess.run(['id'])"})["result"]
+        assert r["returncode"] != 0 and "not allowed" in r["stderr"]
+
+
+def test_failures_are_typed_and_local(kernel):
+    tm = kernel.modules["tools"]
+
+    def boom(x: int) -> int:
+        """Always fails."""
+        raise RuntimeError("kaboom")
+
+    def hang() -> None:
+        """Never returns."""
+        threading.Event().wait(30)
+
+    tm.register(boom)
+    tm.register(hang, timeout=0.5)
+    with aios.agent_context(kernel, "alice"):
+        for args, err in [
+            ({"x": 1}, "ToolError"),
+            ({"x": "nope"}, "InvalidToolArguments"),
+            ({"y": 1}, "InvalidToolArguments"),
+        ]:
+            with pytest.raises(SyscallFailed) as ei:
+                aios.tool_call("boom", args)
+            assert ei.value.error.type == err
+        with pytest.raises(SyscallFailed) as ei:
+            aios.tool_call("hang")
+        assert ei.value.error.type == "ToolTimeout"
+        with pytest.raises(SyscallFailed) as ei:
+            aios.tool_call("no_such_tool")
+        assert ei.value.error.type == "PermissionDenied"  # unknown tools are refused before running
+    with aios.agent_context(kernel, "bob"):  # other agents are unaffected
+        assert aios.tool_call("calculator", {"expression": "6*7"})["result"] == 42
+
+
+def test_exclusive_serialized_different_tools_parallel(kernel):
+    tm = kernel.modules["tools"]
+
+    def printer(job: str) -> str:
+        """An exclusive device."""
+        time.sleep(0.4)
+        return job
+
+    def scanner(job: str) -> str:
+        """Another device."""
+        time.sleep(0.4)
+        return job
+
+    tm.register(printer, exclusive=True)
+    tm.register(scanner, exclusive=True)
+
+    def run(agent, tool, out):
+        with aios.agent_context(kernel, agent):
+            out[agent] = aios.tool_call(tool, {"job": agent})
+
+    def intervals(plan):
+        out: dict = {}
+        ths = [threading.Thread(target=run, args=(a, t, out)) for a, t in plan]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        return [(out[a]["started"], out[a]["finished"]) for a, _ in plan]
+
+    (s1, f1), (s2, f2) = sorted(intervals([("a1", "printer"), ("a2", "printer")]))
+    assert s2 >= f1  # same exclusive tool: no overlap
+    (s1, f1), (s2, f2) = sorted(intervals([("a3", "printer"), ("a4", "scanner")]))
+    assert s2 < f1  # different tools: they overlap in time
+
+
+def test_concurrency_limit_and_fifo(kernel):
+    tm = kernel.modules["tools"]
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def limited() -> None:
+        """At most two at once."""
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.1)
+        with lock:
+            live[0] -= 1
+
+    tm.register(limited, max_concurrency=2)
+
+    def caller(i: int) -> None:
+        with aios.agent_context(kernel, f"c{i}"):
+            aios.tool_call("limited")
+
+    ths = [threading.Thread(target=caller, args=(i,)) for i in range(6)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert peak[0] == 2
+
+    sem, order = FairSemaphore(1), []
+    sem.acquire()
+    waiters = []
+    for i in range(5):
+        th = threading.Thread(target=lambda i=i: (sem.acquire(), order.append(i), sem.release()))
+        th.start()
+        waiters.append(th)
+        time.sleep(0.05)  # arrival order 0..4
+    sem.release()
+    for th in waiters:
+        th.join()
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_tools_per_group(kernel):
+    acc = kernel.modules["access"]
+    acc.set_group("visitor", "guest")
+    with aios.agent_context(kernel, "visitor"):
+        names = {t["function"]["name"] for t in aios.tools_list()}
+        assert names == {"calculator", "current_time"}
+        with pytest.raises(SyscallFailed) as ei:
+            aios.tool_call("python", {"code": "print(1)"})
+        assert ei.value.error.type == "PermissionDenied"
+    acc.set_group("root", "admin")
+    with aios.agent_context(kernel, "root"):
+        aios.grant("tool", "python", "execute", to="visitor")
+    with aios.agent_context(kernel, "visitor"):
+        assert aios.tool_call("python", {"code": "print(1)"})["result"]["stdout"] == "1\n"
