@@ -1,0 +1,349 @@
+"""Static checks of scheduler source and object, before anything reaches a kernel.
+
+Why: the kernel verifier proves memory safety but not *intent*.  These checks
+refuse, with a message an LLM can act on, what a CPU scheduler has no
+business doing (tracing programs, writing user memory, sending signals,
+inline asm), what would fail later with a cryptic error (no sched_ext_ops map,
+no name, a kfunc the target kernel lacks, a non-GPL license), loops with no
+visible bound, and tunables the loader cannot set (not ``const volatile``).
+
+Public API::
+
+    run_checks(source_text, obj_bytes, setup=None) -> CheckReport
+    check_source(source_text) -> list[Finding]
+    check_object(obj_bytes, kfuncs: set[str] | None, source_text="") -> list[Finding]
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from .build import ElfObject, read_struct_ops_name
+from .setup import SetupInfo, ensure_setup
+
+#: Helpers a scheduler must never call (by BPF helper id): they reach outside scheduling.
+FORBIDDEN_HELPERS = {
+    36: "bpf_probe_write_user", 58: "bpf_override_return", 109: "bpf_send_signal",
+    117: "bpf_send_signal_thread", 166: "bpf_sys_bpf", 167: "bpf_btf_find_by_name_kind",
+    168: "bpf_sys_close", 6: "bpf_trace_printk",
+}
+#: Highest helper id known (kernel 7.x ends around 211): anything above is unknown.
+MAX_HELPER_ID = 215
+#: kfuncs a scheduler must not call even if the kernel has them.
+FORBIDDEN_KFUNCS = {"bpf_send_signal_task", "bpf_throw", "bpf_probe_write_user"}
+#: Source constructs refused outright (pattern, code, message).
+FORBIDDEN_SOURCE = [
+    (re.compile(r"\b(asm|__asm__|__asm)\s*(volatile\s*)?\("), "inline-asm", "inline assembly is not allowed"),
+    (re.compile(r"SEC\(\s*\"(?!struct_ops|\.struct_ops|license|\.rodata|\.data|\.bss|\.maps)([^\"]*)\""),
+     "program-type", "only struct_ops programs (and maps/data sections) are allowed, not SEC(\"{0}\")"),
+    (re.compile(r"\bbpf_probe_write_user\b"), "forbidden-helper", "bpf_probe_write_user is not allowed"),
+    (re.compile(r"\bbpf_override_return\b"), "forbidden-helper", "bpf_override_return is not allowed"),
+    (re.compile(r"\bbpf_send_signal(_thread|_task)?\b"), "forbidden-helper", "sending signals is not allowed"),
+    (re.compile(r"\bbpf_sys_(bpf|close)\b"), "forbidden-helper", "bpf syscalls from BPF are not allowed"),
+    (re.compile(r"\bbpf_trace_printk\b|\bbpf_printk\b"), "debug-print",
+     "bpf_printk/bpf_trace_printk floods the trace pipe; use a counter map or scx_bpf_error"),
+]
+_ALLOWED_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](aios_scx\.h|vmlinux\.h|bpf/[\w.]+\.h)[>"]')
+_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
+
+
+class Finding(BaseModel):
+    """One static-check result."""
+
+    severity: str  # "error" | "warning"
+    code: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{self.severity}: {where}{self.message} [{self.code}]"
+
+
+class CheckReport(BaseModel):
+    ok: bool
+    findings: list[Finding] = Field(default_factory=list)
+    ops_names: dict[str, str] = Field(default_factory=dict)  # map symbol -> .name
+    kfuncs_used: list[str] = Field(default_factory=list)
+    helpers_used: list[int] = Field(default_factory=list)
+    tunables: list[str] = Field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+
+# ---------------------------------------------------------------------- source
+
+
+def strip_comments(src: str) -> str:
+    """Remove C comments and string contents but keep line numbers (newlines stay)."""
+    out = []
+    i, n = 0, len(src)
+    while i < n:
+        c = src[i]
+        if src.startswith("//", i):
+            j = src.find("\n", i)
+            i = n if j < 0 else j
+        elif src.startswith("/*", i):
+            j = src.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append("\n" * src.count("\n", i, j))
+            i = j
+        elif c == '"':
+            j = i + 1
+            while j < n and src[j] != '"':
+                j += 2 if src[j] == "\\" else 1
+            out.append(src[i:j + 1])  # keep strings: SEC("...") matters
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _balanced(text: str, start: int) -> tuple[str, int]:
+    """Text inside the parenthesis opening at ``start`` and the index after its close."""
+    depth = 0
+    for j in range(start, len(text)):
+        if text[j] == "(":
+            depth += 1
+        elif text[j] == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1:j], j + 1
+    return text[start + 1:], len(text)
+
+
+_CONST_BOUND = re.compile(r"(<=?|>=?|!=)\s*(\(?\s*(u?\d+|0x[0-9a-fA-F]+|[A-Z][A-Z0-9_]*|sizeof\b|ARRAY_SIZE\b|"
+                          r"\(\s*(int|u32|u64|s32|s64|unsigned)\s*\)\s*\w+))")
+
+
+def _tunable_names(src: str) -> list[str]:
+    return re.findall(r"(?:const\s+volatile|volatile\s+const)\s+[\w\s]+?\b(\w+)\s*(?:\[[^\]]*\])?\s*=", src) + \
+        re.findall(r"AIOS_TUNABLE\(\s*[\w\s]+,\s*(\w+)\s*,", src)
+
+
+def check_source(src: str) -> list[Finding]:
+    """Heuristic source checks: forbidden constructs, includes, unbounded loops, tunables."""
+    text = strip_comments(src)
+    findings: list[Finding] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if _INCLUDE.match(line) and not _ALLOWED_INCLUDE.match(line):
+            findings.append(Finding(severity="error", code="include", line=lineno,
+                                    message=f"#include <{_INCLUDE.match(line).group(1)}> is not allowed: "
+                                            "use \"aios_scx.h\" (it brings vmlinux.h and the bpf/ headers)"))
+    for pat, code, msg in FORBIDDEN_SOURCE:
+        for m in pat.finditer(text):
+            sev = "warning" if code == "debug-print" else "error"
+            findings.append(Finding(severity=sev, code=code, line=_line_of(text, m.start()),
+                                    message=msg.format(*(g or "" for g in m.groups()))))
+    tunables = set(_tunable_names(text))
+    # Loops: `while (1)`, `for (;;)` are unbounded; other loops need a visible constant bound.
+    for m in re.finditer(r"\b(for|while)\s*\(", text):
+        inner, _end = _balanced(text, m.end() - 1)
+        line = _line_of(text, m.start())
+        if m.group(1) == "for":
+            parts = inner.split(";")
+            cond = parts[1].strip() if len(parts) == 3 else inner
+        else:
+            cond = inner.strip()
+            # `do { } while (x);` shares the keyword; treat the same.
+        if cond in ("", "1", "true") or re.fullmatch(r"\(?\s*(1|true)\s*\)?", cond):
+            findings.append(Finding(severity="error", code="unbounded-loop", line=line,
+                                    message=f"{m.group(1)} loop without an exit condition: use bpf_for(i, 0, N) "
+                                            "or a constant bound"))
+            continue
+        if _CONST_BOUND.search(cond) or any(re.search(rf"[<>=]=?\s*{re.escape(t)}\b", cond) for t in tunables):
+            continue
+        if re.search(r"\b(bpf_iter_\w+_next|can_loop)\b", cond):
+            continue
+        findings.append(Finding(severity="error", code="unbounded-loop", line=line,
+                                message=f"{m.group(1)} loop `{cond[:60]}` has no constant bound: compare against a "
+                                        "literal, an UPPER_CASE macro or a tunable, or use bpf_for/bpf_repeat"))
+    for m in re.finditer(r"^\s*volatile\s+(?!const)[\w\s]+?\b(\w+)\s*=", text, re.M):
+        findings.append(Finding(severity="warning", code="tunable", line=_line_of(text, m.start()),
+                                message=f"`{m.group(1)}` is volatile but not const: the loader can only set "
+                                        "AIOS_TUNABLE/const volatile (.rodata) tunables"))
+    if not re.search(r"SEC\(\s*\"license\"\s*\)", text):
+        findings.append(Finding(severity="error", code="license",
+                                message='no license: add  char _license[] SEC("license") = "GPL";'))
+    return findings
+
+
+# ---------------------------------------------------------------------- object
+
+
+def _essential(name: str) -> str:
+    """libbpf's ksym essential name: strip the last ``___flavour``."""
+    m = re.match(r"^(.*[^_])___[^_].*$", name)
+    return m.group(1) if m else name
+
+
+def _calls(elf: ElfObject) -> tuple[set[int], set[str]]:
+    """Helper ids and kfunc names called from the program sections."""
+    helpers: set[int] = set()
+    kfuncs: set[str] = set()
+    for sec in elf.sections:
+        if not (sec.flags & 0x4) or sec.size == 0:  # SHF_EXECINSTR
+            continue
+        relocs = dict(elf.relocations(sec.name))
+        for off in range(0, sec.size, 8):
+            opcode, regs, _o, imm = struct.unpack_from("<BBhi", elf.data, sec.offset + off)
+            if opcode != 0x85:
+                continue
+            src = regs >> 4
+            if src == 0:
+                helpers.add(imm)
+            elif src == 2 or (off in relocs and src != 1):
+                kfuncs.add(relocs.get(off, f"#{imm}"))
+    return helpers, kfuncs
+
+
+def _btf_var_types(obj: bytes) -> dict[str, str]:
+    """VAR name -> type name for the object's BTF, via host bpftool (no privileges needed)."""
+    with tempfile.NamedTemporaryFile(suffix=".bpf.o") as fh:
+        fh.write(obj)
+        fh.flush()
+        proc = subprocess.run(["bpftool", "btf", "dump", "file", fh.name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {}
+    types: dict[int, tuple[str, str, str]] = {}
+    for m in re.finditer(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$", proc.stdout, re.M):
+        types[int(m.group(1))] = (m.group(2), m.group(3), m.group(4))
+    out = {}
+    for kind, name, rest in types.values():
+        if kind != "VAR":
+            continue
+        tm = re.search(r"type_id=(\d+)", rest)
+        tid = int(tm.group(1)) if tm else 0
+        while tid in types and types[tid][0] in ("CONST", "VOLATILE", "TYPEDEF"):
+            nm = re.search(r"type_id=(\d+)", types[tid][2])
+            tid = int(nm.group(1)) if nm else 0
+        if tid in types:
+            out[name] = f"{types[tid][0].lower()} {types[tid][1]}"
+    return out
+
+
+def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
+                 setup: SetupInfo | None = None) -> tuple[list[Finding], dict]:
+    """Checks on the compiled object; returns (findings, facts)."""
+    findings: list[Finding] = []
+    facts: dict = {"ops_names": {}, "kfuncs_used": [], "helpers_used": [], "tunables": []}
+    try:
+        elf = ElfObject(obj)
+    except ValueError as e:
+        return [Finding(severity="error", code="object", message=str(e))], facts
+    if not elf.is_bpf:
+        return [Finding(severity="error", code="object", message="not a BPF object (e_machine != EM_BPF)")], facts
+
+    maps = elf.struct_ops_maps()
+    if not maps:
+        findings.append(Finding(severity="error", code="no-ops",
+                                message="no struct_ops map: define the scheduler with "
+                                        "SCX_OPS_DEFINE(name_ops, .name = \"name\", ...)"))
+    else:
+        var_types = _btf_var_types(obj)
+        for sym in maps:
+            t = var_types.get(sym.name)
+            if t is not None and t != "struct sched_ext_ops":
+                findings.append(Finding(severity="error", code="no-ops",
+                                        message=f"struct_ops map {sym.name} is a {t}, not struct sched_ext_ops"))
+            if sym.section == ".struct_ops":
+                findings.append(Finding(severity="warning", code="legacy-struct-ops",
+                                        message=f"{sym.name} is in .struct_ops (no link): use SCX_OPS_DEFINE so the "
+                                                "scheduler unloads when its link is removed"))
+        if len(maps) > 1:
+            findings.append(Finding(severity="error", code="many-ops",
+                                    message=f"{len(maps)} struct_ops maps ({', '.join(s.name for s in maps)}): "
+                                            "one scheduler per object"))
+        try:
+            names = read_struct_ops_name(obj, setup)
+        except (RuntimeError, KeyError) as e:
+            names = {}
+            findings.append(Finding(severity="warning", code="ops-name", message=f"cannot read .name: {e}"))
+        facts["ops_names"] = names
+        for sym, nm in names.items():
+            if not nm:
+                findings.append(Finding(severity="error", code="ops-name",
+                                        message=f"{sym} has no .name: set .name = \"...\" in SCX_OPS_DEFINE"))
+            elif not re.fullmatch(r"[A-Za-z0-9_]+", nm):
+                findings.append(Finding(severity="error", code="ops-name",
+                                        message=f".name {nm!r} must be [A-Za-z0-9_]+"))
+        # Every struct_ops callback must point at a struct_ops program.
+        prog_secs = {s.name: s.section for s in elf.symbols if s.type == 2}
+        for sym in maps:
+            for off, target in elf.relocations(sym.section):
+                sec = prog_secs.get(target, "")
+                if off >= sym.value and off < sym.value + sym.size and sec and not sec.startswith("struct_ops"):
+                    findings.append(Finding(severity="error", code="program-type",
+                                            message=f"callback {target} is in section {sec}, expected "
+                                                    "struct_ops/ (use BPF_STRUCT_OPS)"))
+
+    for sec in elf.sections:
+        if sec.flags & 0x4 and sec.size and not (sec.name.startswith("struct_ops") or sec.name == ".text"):
+            findings.append(Finding(severity="error", code="program-type",
+                                    message=f"program section {sec.name!r}: only struct_ops programs are allowed"))
+
+    lic = elf.section_data("license").split(b"\0", 1)[0].decode(errors="replace")
+    if not lic:
+        findings.append(Finding(severity="error", code="license", message="object has no license section"))
+    elif lic not in ("GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL",
+                     "Dual MPL/GPL"):
+        findings.append(Finding(severity="error", code="license",
+                                message=f"license {lic!r} is not GPL-compatible: sched_ext kfuncs are GPL-only"))
+
+    helpers, called = _calls(elf)
+    facts["helpers_used"] = sorted(helpers)
+    for h in sorted(helpers):
+        if h in FORBIDDEN_HELPERS:
+            findings.append(Finding(severity="error", code="forbidden-helper",
+                                    message=f"calls {FORBIDDEN_HELPERS[h]} (helper {h}), not allowed in a scheduler"))
+        elif h <= 0 or h > MAX_HELPER_ID:
+            findings.append(Finding(severity="error", code="unknown-helper", message=f"calls unknown helper id {h}"))
+    externs = {s.name for s in elf.symbols if s.shndx == 0 and s.name and s.bind in (1, 2)}
+    used = sorted({_essential(n) for n in (called | externs) if not n.startswith("#")})
+    facts["kfuncs_used"] = [u for u in used if not u.startswith(("CONFIG_", "LINUX_", "bpf_ksym_exists"))]
+    for name in facts["kfuncs_used"]:
+        if name in FORBIDDEN_KFUNCS:
+            findings.append(Finding(severity="error", code="forbidden-kfunc", message=f"kfunc {name} is not allowed"))
+        elif kfuncs is not None and name not in kfuncs and name in {_essential(n) for n in called}:
+            findings.append(Finding(severity="error", code="unknown-kfunc",
+                                    message=f"kfunc {name} does not exist in the target kernel's BTF"))
+
+    declared = _tunable_names(strip_comments(source_text)) if source_text else []
+    for name in declared:
+        sym = elf.symbol(name)
+        if sym is None:
+            continue  # optimised out (never read): harmless
+        if not sym.section.startswith(".rodata"):
+            findings.append(Finding(severity="error", code="tunable",
+                                    message=f"tunable {name} is in {sym.section}, not .rodata: declare it "
+                                            "AIOS_TUNABLE(type, name, default) (const volatile)"))
+        else:
+            facts["tunables"].append(name)
+    return findings, facts
+
+
+def run_checks(source_text: str, obj: bytes, setup: SetupInfo | None = None) -> CheckReport:
+    """Source + object checks; ``ok`` when no finding is an error."""
+    setup = setup or ensure_setup(progress=False)
+    findings = check_source(source_text)
+    obj_findings, facts = check_object(obj, set(setup.kfuncs), source_text, setup)
+    findings += obj_findings
+    ok = not any(f.severity == "error" for f in findings)
+    return CheckReport(ok=ok, findings=findings, **facts)
+
+
+def check_file(source: Path | str, obj: Path | str, setup: SetupInfo | None = None) -> CheckReport:
+    return run_checks(Path(source).read_text(), Path(obj).read_bytes(), setup)
