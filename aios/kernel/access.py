@@ -156,13 +156,15 @@ class AccessManager:
     def group(self, agent: str) -> str:
         return self._groups.get(agent, self.default_group)
 
-    def set_group(self, agent: str, group: Group, *, by: str = "kernel") -> None:
+    def set_group(
+        self, agent: str, group: Group, *, by: str = "kernel", syscall_id: str | None = None
+    ) -> None:
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r}")
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO groups (agent, grp) VALUES (?, ?)", (agent, group))
             self._groups[agent] = group
-        self._audit(by, "set_group", f"agent:{agent}", group, "allowed")
+        self._audit(by, "set_group", f"agent:{agent}", group, "allowed", "", syscall_id)
 
     # -- decisions --------------------------------------------------------------------------------
     def owner_of(self, res: Resource) -> str | None:
@@ -228,6 +230,8 @@ class AccessManager:
                 syscall.id,
             )
             return f"cannot resolve the resources of this request: {exc}"
+        if not touched:  # e.g. listing tools: nothing owned is touched, but the request is still recorded
+            self._audit(syscall.agent, "access", f"{syscall.kind}:*", "list", "allowed", "", syscall.id)
         for res, operation in touched:
             ok, why = self.check(syscall.agent, res, operation, syscall_id=syscall.id)
             if not ok:
@@ -238,14 +242,20 @@ class AccessManager:
     def _may_administer(self, agent: str, res: Resource) -> bool:
         return self.group(agent) == "admin" or self.owner_of(res) == agent
 
-    def grant(self, by: str, res: Resource, operation: str, grantee: str) -> dict[str, Any]:
+    def grant(
+        self, by: str, res: Resource, operation: str, grantee: str, syscall_id: str | None = None
+    ) -> dict[str, Any]:
         owner = self.owner_of(res)
         if owner is None:
-            self._audit(by, "grant", str(res), operation, "denied", f"to {grantee}: unknown resource")
+            self._audit(
+                by, "grant", str(res), operation, "denied", f"to {grantee}: unknown resource", syscall_id
+            )
             raise AccessDenied(f"unknown resource {res}")
         res = Resource(res.kind, owner, res.name)
         if not self._may_administer(by, res):
-            self._audit(by, "grant", str(res), operation, "denied", f"to {grantee}: not owner or admin")
+            self._audit(
+                by, "grant", str(res), operation, "denied", f"to {grantee}: not owner or admin", syscall_id
+            )
             raise AccessDenied(f"only {owner} or an admin may grant access to {res}")
         with self._lock:
             self._db.execute(
@@ -253,14 +263,18 @@ class AccessManager:
                 (res.kind, res.owner, res.name, operation, grantee, by, time.time()),
             )
             self._grants.add((res.kind, res.owner, res.name, operation, grantee))
-        self._audit(by, "grant", str(res), operation, "allowed", f"to {grantee}")
+        self._audit(by, "grant", str(res), operation, "allowed", f"to {grantee}", syscall_id)
         return {"resource": str(res), "operation": operation, "grantee": grantee}
 
-    def revoke(self, by: str, res: Resource, operation: str, grantee: str) -> bool:
+    def revoke(
+        self, by: str, res: Resource, operation: str, grantee: str, syscall_id: str | None = None
+    ) -> bool:
         owner = self.owner_of(res)
         res = Resource(res.kind, owner or res.owner, res.name)
         if owner is None or not self._may_administer(by, res):
-            self._audit(by, "revoke", str(res), operation, "denied", f"from {grantee}: not owner or admin")
+            self._audit(
+                by, "revoke", str(res), operation, "denied", f"from {grantee}: not owner or admin", syscall_id
+            )
             raise AccessDenied(f"only the owner or an admin may revoke access to {res}")
         with self._lock:
             self._db.execute(
@@ -269,7 +283,7 @@ class AccessManager:
             )
             existed = (res.kind, res.owner, res.name, operation, grantee) in self._grants
             self._grants.discard((res.kind, res.owner, res.name, operation, grantee))
-        self._audit(by, "revoke", str(res), operation, "allowed", f"from {grantee}")
+        self._audit(by, "revoke", str(res), operation, "allowed", f"from {grantee}", syscall_id)
         return existed
 
     def grants(self, agent: str) -> list[dict[str, str]]:
@@ -332,14 +346,17 @@ class AccessManager:
         res = Resource(r.kind, r.owner or me, r.name) if r.kind else None
         match r.op:
             case "grant":
-                return self.grant(me, res, r.operation, r.grantee)
+                return self.grant(me, res, r.operation, r.grantee, syscall.id)
             case "revoke":
-                return self.revoke(me, res, r.operation, r.grantee)
+                return self.revoke(me, res, r.operation, r.grantee, syscall.id)
             case "check":
+                self._audit(me, "check", str(res), r.operation, "allowed", "", syscall.id)
                 return self._decide(r.grantee or me, res, r.operation)[0]
             case "grants":
+                self._audit(me, "grants", f"grants:{me}", "read", "allowed", "", syscall.id)
                 return self.grants(me)
             case "whoami":
+                self._audit(me, "whoami", f"agent:{me}", "read", "allowed", "", syscall.id)
                 return {"agent": me, "group": self.group(me)}
             case "set_group":
                 if self.group(me) != "admin":
@@ -347,7 +364,7 @@ class AccessManager:
                         me, "set_group", f"agent:{r.grantee}", r.group, "denied", "not admin", syscall.id
                     )
                     raise AccessDenied("only admins may change groups")
-                self.set_group(r.grantee, r.group, by=me)
+                self.set_group(r.grantee, r.group, by=me, syscall_id=syscall.id)
                 return True
             case "audit":
                 if self.group(me) != "admin":

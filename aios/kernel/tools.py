@@ -367,30 +367,46 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 code = sys.stdin.read()
-_cwd = os.path.realpath(os.getcwd()) + os.sep
-_ro = tuple(os.path.realpath(p) + os.sep for p in {{sys.prefix, sys.base_prefix, sys.exec_prefix}})
-_deny = ("os.system", "os.exec", "os.posix_spawn", "os.fork", "os.forkpty", "subprocess.Popen", "ctypes.dlopen",
-         "os.chdir", "os.symlink", "os.link", "os.rename", "os.remove", "shutil.rmtree")
-def _guard(event, args, _realpath=os.path.realpath, _str=str, _isinstance=isinstance):
-    if event == "open":
-        path, mode = args[0], args[1]
-        if _isinstance(path, int):
-            return
-        p = _realpath(path if _isinstance(path, _str) else path.decode())
-        if p.startswith(_cwd) or (p + "/").startswith(_cwd):
-            return
-        if (mode is None or "r" in _str(mode)) and "+" not in _str(mode or "") and p.startswith(_ro):
-            return
-        raise PermissionError("sandbox: no access to " + p)
-    if event in ("os.listdir", "os.scandir"):
-        p = _realpath(_str(args[0] if args[0] is not None else ".")) + "/"
-        if p.startswith(_cwd) or p.startswith(_ro):
-            return
-        raise PermissionError("sandbox: no access to " + p)
-    if event.startswith(_deny) or (event == "import" and args[0] in ("ctypes", "_ctypes", "socket", "_socket")):
-        raise PermissionError("sandbox: " + event + " is not allowed")
-sys.addaudithook(_guard)
-del resource, cpu, mem, fsize, _guard
+def _install():
+    # all state lives in this closure; user code runs with its own globals and cannot reach it
+    # (gc, frame introspection and function rewriting are refused below)
+    realpath, isinst, str_, bytes_ = os.path.realpath, isinstance, str, bytes
+    cwd = realpath(os.getcwd()) + os.sep
+    ro = tuple(realpath(p) + os.sep for p in {{sys.prefix, sys.base_prefix, sys.exec_prefix}})
+    deny = ("os.system", "os.exec", "os.posix_spawn", "os.fork", "os.forkpty", "subprocess.Popen", "ctypes.",
+            "os.kill", "os.killpg", "signal.pthread_kill", "os.symlink", "os.link", "os.chdir", "os.fchdir",
+            "os.chroot", "gc.", "sys._current_frames", "sys.setprofile", "sys.settrace",
+            "sys.addaudithook", "code.__new__", "function.__new__", "cpython.")
+    blocked = ("ctypes", "_ctypes", "socket", "_socket", "dbm", "_dbm", "_gdbm", "_posixsubprocess", "gc")
+    special = ("__code__", "__defaults__", "__kwdefaults__", "__closure__", "__globals__")
+
+    def inside(p, roots):
+        return (realpath(p if isinst(p, str_) else p.decode()) + "/").startswith(roots)
+
+    def guard(event, args):
+        if event == "open":
+            path, mode = args[0], args[1]
+            if isinst(path, int) or inside(path, (cwd,)):
+                return
+            if (mode is None or "r" in str_(mode)) and "+" not in str_(mode or "") and inside(path, ro):
+                return
+            raise PermissionError("sandbox: no access to " + str_(path))
+        if event.startswith(deny) or (event == "import" and args[0].split(".")[0] in blocked):
+            raise PermissionError("sandbox: " + event + " is not allowed")
+        if event == "object.__setattr__" and args[1] in special:
+            raise PermissionError("sandbox: rewriting functions is not allowed")
+        if event in ("os.listdir", "os.scandir"):
+            if inside(str_(args[0] if args[0] is not None else "."), (cwd,) + ro):
+                return
+            raise PermissionError("sandbox: no access to " + str_(args[0]))
+        if event.startswith(("os.", "shutil.", "sqlite3.connect")):  # other path arguments stay in cwd
+            for a in args:
+                if isinst(a, (str_, bytes_)) and a and not inside(a, (cwd,)):
+                    raise PermissionError("sandbox: " + event + " outside the sandbox directory")
+
+    sys.addaudithook(guard)
+_install()
+del resource, cpu, mem, fsize, _install
 exec(compile(code, "<agent>", "exec"), {{"__name__": "__main__"}})
 """
 
