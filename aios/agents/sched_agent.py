@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aios.kernel.syscall import SyscallFailed
 from aios.sched_ext.compose import (
     BLOCK_DOCS,
     Composition,
@@ -213,7 +214,9 @@ class _State:
 
 
 _CODE_RE = re.compile(r"```(?:c|C|bpf)?\s*\n(.*?)```", re.S)
-_TUNABLE_RE = re.compile(r"(const\s+volatile\s+[us](?:8|16|32|64)\s+(\w+)\s*=\s*)(\d+)(ULL|ull|UL|ul|U|u)?\s*;")
+_TUNABLE_RE = re.compile(
+    r"(const\s+volatile\s+[us](?:8|16|32|64)\s+(\w+)\s*=\s*)(\d+)(ULL|ull|UL|ul|U|u)?\s*;"
+)
 
 
 def extract_code(text: str) -> str:
@@ -262,8 +265,21 @@ class SchedAgent(Agent):
         self.progress = progress or (lambda _line: None)
 
     # -- syscalls ---------------------------------------------------------------------------------
-    def _tool(self, st: _State, name: str, timeout: float = 3600.0, **arguments: Any) -> Any:
-        return tool_call(name, arguments, timeout=timeout)["result"]
+    def _tool(self, st: _State, tool: str, /, **arguments: Any) -> Any:
+        return tool_call(tool, arguments, timeout=3600.0)["result"]
+
+    def _tool_or_error(self, st: _State, tool: str, /, **arguments: Any) -> dict[str, Any]:
+        """A tool call whose failure is a result for the loop to learn from, not a crash."""
+        try:
+            return self._tool(st, tool, **arguments)
+        except SyscallFailed as exc:
+            err = exc.error
+            return {
+                "ok": False,
+                "stage": tool,
+                "reason": f"{err.type}: {err.message}"[:2000],
+                "error": f"{err.type}: {err.message}"[:2000],
+            }
 
     def _llm(self, st: _State, prompt: str, **request: Any) -> str:
         res = chat([{"role": "user", "content": prompt}], **request)
@@ -456,7 +472,7 @@ class SchedAgent(Agent):
     # -- execution ------------------------------------------------------------------------------------
     def _verify(self, st: _State, source: str, stages: str = "all") -> Verdict:
         st.cost.verify_runs += 1
-        out = self._tool(st, "sched_verify", source=source, stages=stages)
+        out = self._tool_or_error(st, "sched_verify", source=source, stages=stages)
         return Verdict(ok=bool(out["ok"]), stage=out.get("stage", ""), reason=out.get("reason", ""))
 
     def execute(self, st: _State, cand: _Candidate, index: int) -> IterationRecord:
@@ -588,7 +604,9 @@ class SchedAgent(Agent):
             threshold = max(threshold, best.spread)
         if best is not None and (best.improvement or 0.0) > threshold:
             self.progress(f"validate: {best.name} under a {st.task.stress_s:.0f} s stress mix")
-            stress = self._tool(st, "sched_stress", source=st.sources[best.name], seconds=st.task.stress_s)
+            stress = self._tool_or_error(
+                st, "sched_stress", source=st.sources[best.name], seconds=st.task.stress_s
+            )
             st.cost.verify_runs += 1
             report.stress = stress
             if stress.get("ok"):
@@ -605,7 +623,7 @@ class SchedAgent(Agent):
         elif best is not None:
             self.progress(f"no candidate beat EEVDF by more than {threshold:.1%}; keeping EEVDF")
         if report.accepted and st.task.deploy:
-            report.deployed = self._tool(st, "sched_deploy", source=report.winner_source)
+            report.deployed = self._tool_or_error(st, "sched_deploy", source=report.winner_source)
         st.cost.wall_s = time.time() - st.started
         report.cost = st.cost
         self._storage_put(

@@ -13,7 +13,7 @@ program, so a test can assert that nothing unverified was ever loaded.
 
 Public API::
 
-    box = SchedToolbox(cache_dir=None, workdir=None)
+    box = SchedToolbox(backend=ToolchainBackend(vm_options={}), workdir=None)
     register_sched_tools(kernel, box) -> list[str]      # the tool names
     box.verify(source, stages="all") / box.measure(source, workload, reps) / ...  (also direct)
     box.loads, box.verdicts                              # records for audits and tests
@@ -87,20 +87,78 @@ class LoadRecord:
     at: float = field(default_factory=time.time)
 
 
+class ToolchainBackend:
+    """The real toolchain modules behind the tools (tests substitute a double with the same methods).
+
+    Kept apart from ``SchedToolbox`` so the safety logic (verified-only loads, records) is the
+    same whichever backend runs the work.
+    """
+
+    def __init__(self, vm_options: dict[str, Any] | None = None, cache_dir: Path | None = None):
+        self.vm_options = dict(vm_options or {})
+        self.cache_dir = cache_dir
+        self._repo: Any = None
+        self._lock = threading.Lock()
+
+    def _vm_kw(self) -> dict[str, Any]:
+        if not self.vm_options:
+            return {}
+        from aios.sched_ext.vm import MicroVM
+
+        return {"vm": MicroVM(**self.vm_options)}
+
+    def profile(self, workload: str, tier: str) -> Any:
+        from aios.sched_ext import profile as prof
+
+        return prof.profile(workload, tier=tier, **self._vm_kw())
+
+    def repository(self) -> Any:
+        with self._lock:
+            if self._repo is None:
+                from aios.sched_ext.repository import PolicyRepository
+
+                self._repo = PolicyRepository(
+                    **({"path": self.cache_dir / "repository"} if self.cache_dir else {})
+                )
+            return self._repo
+
+    def verify(self, path: Path, stages: str) -> Any:
+        from aios.sched_ext import verifier
+
+        if stages == "static":
+            return verifier.verify(path, stages=("compile", "static"))
+        return verifier.verify(path, **self._vm_kw())
+
+    def measure_objects(self, objects: list[Any], workload: str, reps: int) -> list[Any]:
+        from aios.sched_ext.measure import measure_objects
+
+        return measure_objects(objects, workload, reps, **self._vm_kw())
+
+    def stress(self, obj: Path, seconds: float) -> Any:
+        from aios.sched_ext import verifier
+
+        return verifier.stress(obj, seconds=seconds, **self._vm_kw())
+
+    def deploy(self, obj: Path) -> Any:
+        from aios.sched_ext import loader
+
+        return loader.load_host(obj)
+
+
 @dataclass
 class SchedToolbox:
     """The toolchain operations with their safety records; one per kernel (no global state)."""
 
-    cache_dir: Path | None = None
+    backend: Any = None
     workdir: Path | None = None
-    vm_options: dict[str, Any] = field(default_factory=dict)
     verdicts: dict[str, VerifyOutcome] = field(default_factory=dict)
+    verify_runs: list[VerifyOutcome] = field(default_factory=list)
     loads: list[LoadRecord] = field(default_factory=list)
     objects: dict[str, Path] = field(default_factory=dict)
-    _repo: Any = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = ToolchainBackend()
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="aios-sched-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -114,11 +172,6 @@ class SchedToolbox:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(source)
         return path
-
-    def _vm(self) -> Any:
-        from aios.sched_ext.vm import MicroVM
-
-        return MicroVM(**self.vm_options)
 
     def fully_verified(self, source: str) -> bool:
         v = self.verdicts.get(digest(source))
@@ -135,12 +188,11 @@ class SchedToolbox:
     # -- profile ----------------------------------------------------------------------------------
     def profile(self, workload: str, tier: str = "summary") -> dict[str, Any]:
         """Workload profile, cheapest tier first (the analysis engine's ``profile``)."""
-        from aios.sched_ext import profile as prof
         from aios.sched_ext.workloads import get_workload
 
         w = get_workload(workload)
-        p = prof.profile(workload, tier=tier, **({"vm": self._vm()} if self.vm_options else {}))
-        data = p.model_dump(mode="json") if hasattr(p, "model_dump") else dict(p)
+        p = self.backend.profile(workload, tier)
+        data = as_dict(p)
         text = p.text() if hasattr(p, "text") else (p.summary() if hasattr(p, "summary") else "")
         return {
             "workload": workload,
@@ -153,21 +205,14 @@ class SchedToolbox:
 
     # -- repository -------------------------------------------------------------------------------
     def repository(self) -> Any:
-        with self._lock:
-            if self._repo is None:
-                from aios.sched_ext.repository import PolicyRepository
-
-                self._repo = PolicyRepository(
-                    **({"path": self.cache_dir / "repository"} if self.cache_dir else {})
-                )
-            return self._repo
+        return self.backend.repository()
 
     def search(self, query: str, k: int = 4) -> list[dict[str, Any]]:
         """Closest repository schedulers to ``query`` (description / workload profile)."""
         hits = self.repository().search(query, k=k)
         out = []
         for h in hits:
-            d = h.model_dump(mode="json") if hasattr(h, "model_dump") else dict(h)
+            d = as_dict(h)
             entry = d.get("entry") or d.get("policy") or d
             src = entry.get("source") or ""
             if not src and entry.get("source_path"):
@@ -210,27 +255,20 @@ class SchedToolbox:
 
         path = self.source_path(source)
         res = build.compile_bpf(path)
-        d = res.model_dump(mode="json") if hasattr(res, "model_dump") else dict(res)
+        d = as_dict(res)
         return {"ok": bool(d.get("ok")), "diagnostics": d.get("diagnostics", []), "object": d.get("object")}
 
     def verify(self, source: str, stages: Literal["all", "static"] = "all") -> dict[str, Any]:
         """Run the staged verifier; ``static`` stops after the kernel-free stages (write-mode repair)."""
-        from aios.sched_ext import verifier
-
         d = digest(source)
         cached = self.verdicts.get(d)
         if cached is not None and (cached.scope == "all" or stages == "static" or not cached.ok):
             return cached.model_dump()
         path = self.source_path(source)
-        kwargs: dict[str, Any] = {}
-        if stages == "static":
-            kwargs["stages"] = ("compile", "static")
-        elif self.vm_options:
-            kwargs["vm"] = self._vm()
-        v = verifier.verify(path, **kwargs)
+        v = self.backend.verify(path, stages)
         stage_list = []
         for s in getattr(v, "stages", []) or []:
-            sd = s.model_dump(mode="json") if hasattr(s, "model_dump") else dict(s)
+            sd = as_dict(s)
             stage_list.append(
                 StageVerdict(
                     stage=str(sd.get("stage", sd.get("name", ""))),
@@ -253,6 +291,7 @@ class SchedToolbox:
         if obj:
             self.objects[d] = Path(obj)
         self.verdicts[d] = out
+        self.verify_runs.append(out)
         return out.model_dump()
 
     # -- measurement and validation -------------------------------------------------------------------
@@ -267,28 +306,23 @@ class SchedToolbox:
 
     def measure(self, source: str, workload: str, reps: int = 3) -> dict[str, Any]:
         """Candidate vs EEVDF on ``workload`` in one VM boot; only fully verified programs."""
-        from aios.sched_ext.measure import MeasureError, measure_objects
+        from aios.sched_ext.measure import MeasureError
 
         obj = self.verified_object(source)
         self.loads.append(LoadRecord(digest(source), ops_name(source) or "", "vm-measure", True))
         try:
-            res = measure_objects([obj], workload, reps, **({"vm": self._vm()} if self.vm_options else {}))[0]
+            res = self.backend.measure_objects([obj], workload, reps)[0]
         except MeasureError as exc:
             return {"ok": False, "error": str(exc)[:2000]}
         return measure_summary(res)
 
     def stress(self, source: str, seconds: float = 60.0) -> dict[str, Any]:
         """Run a stress mix for ``seconds`` under the scheduler: it must stay enabled throughout."""
-        from aios.sched_ext import verifier
-
         obj = self.verified_object(source)
         self.loads.append(LoadRecord(digest(source), ops_name(source) or "", "vm-stress", True))
         t0 = time.time()
-        fn = getattr(verifier, "stress", None)
-        if fn is None:
-            return {"ok": False, "reason": "verifier has no stress validation", "seconds": 0.0}
-        r = fn(obj.obj, seconds=seconds, **({"vm": self._vm()} if self.vm_options else {}))
-        d = r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r)
+        r = self.backend.stress(obj.obj, seconds)
+        d = as_dict(r)
         return {
             "ok": bool(d.get("ok")),
             "reason": str(d.get("reason", ""))[:1000],
@@ -302,11 +336,20 @@ class SchedToolbox:
         if problem:
             return {"ok": False, "reason": problem}
         d = self._require_verified(source, "host")
-        from aios.sched_ext import loader
-
         self.loads.append(LoadRecord(d, ops_name(source) or "", "host", True))
-        handle = loader.load_host(self.objects[d])
+        handle = self.backend.deploy(self.objects[d])
         return {"ok": True, "name": ops_name(source), "handle": str(handle)}
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A result object (pydantic model, dataclass, namespace or mapping) as a plain dict."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        return dict(obj)
+    if hasattr(obj, "__dict__"):
+        return dict(vars(obj))
+    return dict(obj)
 
 
 def host_deploy_problem() -> str:
