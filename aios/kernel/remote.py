@@ -1,0 +1,397 @@
+"""The remote LLM core: the kernel's scheduler in front of an OpenAI-compatible server.
+
+``KernelConfig(model="openai:<base_url>#<model>")`` selects it (vLLM, SGLang, the llama.cpp
+server, ``transformers serve`` ...). The server does the arithmetic; the kernel still decides
+*who runs*: the same policy classes as the local engine (``aios.kernel.scheduler``) pick which
+requests hold one of ``max_batch_size`` "rows", and a row here is one open streaming request.
+
+Why this shape
+--------------
+- Streaming (SSE over httpx) lets the kernel count tokens as they arrive, so a round-robin
+  quantum, SJF's remaining length and priority preemption all work as they do locally.
+- Suspension closes the stream (servers stop generating when the client goes away) and keeps the
+  partial output. Resumption sends the prompt **plus the partial assistant text** as a
+  continuation and asks for the remaining tokens. There is no remote KV snapshot, so what is
+  exact differs from the local engine; see ``docs/remote.md``:
+  * greedy decoding continues exactly when re-tokenizing the partial text gives the tokens the
+    model produced (the usual case; a token boundary that re-tokenizes differently can change
+    the continuation) and when the server is numerically deterministic for the request;
+  * seeded sampling does not continue the same random stream; beam search and constrained
+    ``choices`` are not offered remotely (the request fails with ``Unsupported``);
+  * the prefix is recomputed on resume unless the server caches prefixes (vLLM, SGLang do).
+- Two ways to talk to the server. **completions** (the default when we can load the model's
+  tokenizer locally): we render the chat template ourselves and use ``/v1/completions`` with a raw
+  prompt, so prompt + partial text is exactly the text the model saw. **chat** (no local
+  tokenizer): ``/v1/chat/completions``; a resume appends the partial text as a final assistant
+  message with ``continue_final_message`` (a vLLM/SGLang extension).
+- Each stream runs on its own small thread that only reads bytes and pushes events into a queue;
+  all scheduling state is touched by the kernel's LLM thread alone (``step``), as in the engine.
+
+Token counts: each streamed chunk is counted as one token (servers send one token per chunk; the
+final usage report, when the server sends one, replaces the estimate in the response).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from aios.kernel.scheduler import Scheduler, make_policy
+from aios.kernel.sequence import SeqStatus, Sequence
+from aios.kernel.syscall import LLMResponse, LLMSyscall
+
+log = logging.getLogger("aios.remote")
+
+
+def parse_remote_model(model: str) -> tuple[str, str]:
+    """``openai:<base_url>#<model>`` -> (base_url without trailing slash, model name)."""
+    if not model.startswith("openai:"):
+        raise ValueError(f"not a remote model spec: {model!r}")
+    rest = model[len("openai:") :]
+    base, sep, name = rest.partition("#")
+    if not sep or not name or not base.startswith(("http://", "https://")):
+        raise ValueError(f"remote model must look like openai:<http(s) base_url>#<model>, got {model!r}")
+    return base.rstrip("/"), name
+
+
+def _load_tokenizer(name: str, cache_dir: Any) -> Any | None:
+    """The model's tokenizer if we can get it locally (embedded alias, local path, hub cache)."""
+    try:
+        from transformers import AutoTokenizer
+
+        from aios.kernel.llm import EMBEDDED_MODELS, model_dir
+
+        src = model_dir(name, cache_dir) if name in EMBEDDED_MODELS else name
+        tok = AutoTokenizer.from_pretrained(src)
+        return tok if getattr(tok, "chat_template", None) else None
+    except Exception as exc:  # no tokenizer here: use the chat endpoint
+        log.info("no local tokenizer for %s (%s); using /v1/chat/completions", name, exc)
+        return None
+
+
+@dataclass
+class _Stream:
+    """One open streaming request (a running sequence's "rows")."""
+
+    gen: int  # which segment of its sequence this is (events of older segments are dropped)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class _Remote:
+    """Per-sequence remote state, kept next to the engine's ``Sequence``."""
+
+    prompt: str | list[dict[str, Any]]  # rendered prompt (completions) or messages (chat)
+    text: str = ""  # the partial output so far, across suspensions
+    segments: int = 0
+    stream: _Stream | None = None
+    usage_completion: int = 0  # from the server's usage reports, when sent
+    usage_prompt: int = 0
+    usage_seen: bool = False
+    first_token: bool = False
+
+
+class RemoteLLMCore:
+    """An ``LLMCore`` for OpenAI-compatible servers, scheduled by the kernel's policies."""
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        tokenizer: Any | None = None,
+        mode: str = "auto",
+        client: httpx.Client | None = None,
+        timeout: float = 600.0,
+        api_key: str | None = None,
+    ):
+        self.config = config
+        self.base_url, self.model = parse_remote_model(config.model)
+        if mode not in {"auto", "completions", "chat"}:
+            raise ValueError("mode must be auto, completions or chat")
+        if tokenizer is None and mode != "chat":
+            tokenizer = _load_tokenizer(self.model, getattr(config, "cache_dir", None))
+        if mode == "completions" and tokenizer is None:
+            raise ValueError(f"completions mode needs the tokenizer of {self.model!r}")
+        self.tokenizer = tokenizer
+        self.mode = (
+            "completions"
+            if (mode == "auto" and tokenizer is not None)
+            else ("chat" if mode == "auto" else mode)
+        )
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = client or httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers=headers,
+            limits=httpx.Limits(max_connections=max(4, 2 * config.max_batch_size)),
+        )
+        self.policy = make_policy(config.scheduler, config.quantum, getattr(config, "aging", 1.0))
+        # The server owns its own batching and memory: only the row limit applies here.
+        self.scheduler = Scheduler(self.policy, max_rows=config.max_batch_size, max_tokens=1 << 30)
+        self._inbox: queue.SimpleQueue[LLMSyscall] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._state: dict[int, _Remote] = {}
+        self._by_id: dict[int, Sequence] = {}
+        self._closed = False
+
+    # -- LLMCore protocol --------------------------------------------------------------------------
+    def add(self, syscall: LLMSyscall) -> None:
+        """Called from agent threads: hand the syscall to the LLM thread."""
+        self._inbox.put(syscall)
+
+    def has_work(self) -> bool:
+        return not self._inbox.empty() or self.scheduler.has_work()
+
+    def step(self) -> bool:
+        """Admit new requests, apply the policy's plan, then handle stream events for a moment."""
+        now = time.monotonic()
+        did = self._drain_inbox(now)
+        plan = self.scheduler.schedule(now)
+        for seq in plan.suspend:
+            self._suspend(seq)
+        for seq in plan.resume + plan.admit:
+            self._start(seq)
+        did = did or bool(plan)
+        if not self.scheduler.running:
+            return did
+        return self._pump(timeout=0.05) or did
+
+    def close(self) -> None:
+        self._closed = True
+        for st in self._state.values():
+            if st.stream is not None:
+                st.stream.cancel.set()
+        for seq in list(self.scheduler.running) + list(self.scheduler.ready):
+            seq.syscall.fail("Aborted", "the kernel shut down")
+        self.client.close()
+
+    # -- requests in -------------------------------------------------------------------------------
+    def _drain_inbox(self, now: float) -> bool:
+        did = False
+        while True:
+            try:
+                sc = self._inbox.get_nowait()
+            except queue.Empty:
+                return did
+            did = True
+            req = sc.request
+            if req.num_beams > 1 or req.choices:
+                sc.fail("Unsupported", "beam search and choices are not available with a remote backend")
+                continue
+            try:
+                prompt, prompt_ids = self._render(sc)
+            except Exception as exc:
+                sc.fail("InvalidRequest", f"cannot render the prompt: {exc}")
+                continue
+            seq = Sequence(syscall=sc, prompt_ids=prompt_ids, max_new_tokens=req.max_new_tokens, arrival=now)
+            self._state[seq.seq_id] = _Remote(prompt=prompt)
+            self._by_id[seq.seq_id] = seq
+            self.scheduler.add(seq, now)
+
+    def _render(self, sc: LLMSyscall) -> tuple[str | list[dict[str, Any]], list[int]]:
+        messages = [m.model_dump(exclude_none=True, exclude={"tool_calls"}) for m in sc.request.messages]
+        if self.mode == "chat":
+            return messages, []
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+        if sc.request.tools:
+            kwargs["tools"] = sc.request.tools
+        text = self.tokenizer.apply_chat_template(messages, **kwargs)
+        return text, self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # -- streams -----------------------------------------------------------------------------------
+    def _body(self, seq: Sequence, st: _Remote) -> tuple[str, dict[str, Any]]:
+        req = seq.request
+        remaining = max(1, seq.max_new_tokens - seq.tokens_generated)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": remaining,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.top_k is not None:
+            body["top_k"] = req.top_k
+        if req.stop:
+            body["stop"] = req.stop
+        if self.mode == "completions":
+            body["prompt"] = st.prompt + st.text
+            return "/completions", body
+        messages = list(st.prompt)
+        if st.text:
+            messages.append({"role": "assistant", "content": st.text})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        body["messages"] = messages
+        if req.tools:
+            body["tools"] = req.tools
+        return "/chat/completions", body
+
+    def _start(self, seq: Sequence) -> None:
+        st = self._state[seq.seq_id]
+        st.segments += 1
+        stream = _Stream(gen=st.segments)
+        st.stream = stream
+        path, body = self._body(seq, st)
+        seq.status = SeqStatus.RUNNING
+        if seq.syscall.scheduled_at is not None:  # resumed: it is running again
+            seq.syscall.mark_running()
+        stream.thread = threading.Thread(
+            target=self._stream_worker,
+            args=(seq.seq_id, stream, self.base_url + path, body),
+            name=f"aios-remote-{seq.seq_id}",
+            daemon=True,
+        )
+        stream.thread.start()
+
+    def _suspend(self, seq: Sequence) -> None:
+        st = self._state[seq.seq_id]
+        if st.stream is not None:
+            st.stream.cancel.set()
+            st.stream = None
+        seq.status = SeqStatus.SUSPENDED
+        seq.preemptions += 1
+        seq.syscall.mark_suspended()
+
+    def _stream_worker(self, seq_id: int, stream: _Stream, url: str, body: dict[str, Any]) -> None:
+        """Read one SSE stream and turn it into events. Runs on its own thread; touches no state."""
+        put = self._events.put
+        try:
+            with self.client.stream("POST", url, json=body) as resp:
+                if resp.status_code >= 400:
+                    detail = resp.read().decode(errors="replace")[:500]
+                    put((seq_id, stream.gen, "error", f"HTTP {resp.status_code}: {detail}"))
+                    return
+                for line in resp.iter_lines():
+                    if stream.cancel.is_set():
+                        return  # leaving the block closes the connection: the server stops
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        obj = json.loads(data)
+                    except json.JSONDecodeError:
+                        continue
+                    if "error" in obj:
+                        put((seq_id, stream.gen, "error", str(obj["error"])[:500]))
+                        return
+                    if obj.get("usage"):
+                        put((seq_id, stream.gen, "usage", obj["usage"]))
+                    for choice in obj.get("choices") or []:
+                        text = choice.get("text")
+                        if text is None:
+                            text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            put((seq_id, stream.gen, "text", text))
+                        if choice.get("finish_reason"):
+                            put((seq_id, stream.gen, "finish", choice["finish_reason"]))
+            put((seq_id, stream.gen, "end", None))
+        except Exception as exc:  # connection refused, reset, timeout: the request fails, not the kernel
+            if not stream.cancel.is_set():
+                put((seq_id, stream.gen, "error", f"{type(exc).__name__}: {exc}"))
+
+    # -- events --------------------------------------------------------------------------------------
+    def _pump(self, timeout: float) -> bool:
+        """Handle stream events: block up to ``timeout`` for the first, then take what is queued."""
+        try:
+            ev = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        self._handle(*ev)
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                return True
+            self._handle(*ev)
+
+    def _handle(self, seq_id: int, gen: int, kind: str, payload: Any) -> None:
+        seq = self._by_id.get(seq_id)
+        st = self._state.get(seq_id)
+        if seq is None or st is None or st.stream is None or st.stream.gen != gen:
+            return  # a finished sequence, or a stream we cancelled
+        if kind == "text":
+            if not st.first_token:
+                st.first_token = True
+                seq.syscall.mark_running()  # waiting time ends when the first token arrives
+            st.text += payload
+            seq.output_ids[0].append(-1)  # remote tokens have no ids here; one per chunk
+            seq.quantum_used += 1
+            hit = self._stop_hit(seq, st)
+            if hit is not None:
+                st.text = st.text[:hit]
+                self._finish(seq, "stop")
+            elif seq.tokens_generated >= seq.max_new_tokens:
+                self._finish(seq, "length")
+        elif kind == "usage":
+            st.usage_seen = True
+            st.usage_completion += int(payload.get("completion_tokens") or 0)
+            if not st.usage_prompt:
+                st.usage_prompt = int(payload.get("prompt_tokens") or 0)
+        elif kind == "finish":
+            if payload == "length":
+                # the server used up this segment's budget: the whole request's budget is spent
+                self._finish(seq, "length")
+            else:
+                hit = self._stop_hit(seq, st)
+                self._finish(seq, "stop" if seq.request.stop and hit is not None else "eos")
+        elif kind == "end":
+            self._finish(seq, "eos")
+        elif kind == "error":
+            self._fail(seq, "RemoteError", str(payload))
+
+    @staticmethod
+    def _stop_hit(seq: Sequence, st: _Remote) -> int | None:
+        hits = [i for i in (st.text.find(s) for s in seq.request.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _cleanup(self, seq: Sequence) -> _Remote:
+        st = self._state.pop(seq.seq_id)
+        self._by_id.pop(seq.seq_id, None)
+        if st.stream is not None:
+            st.stream.cancel.set()
+            st.stream = None
+        seq.status = SeqStatus.FINISHED
+        self.scheduler.finished(seq)
+        return st
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        st = self._cleanup(seq)
+        text = st.text
+        ids = (
+            self.tokenizer(text, add_special_tokens=False)["input_ids"] if self.tokenizer is not None else []
+        )
+        n = seq.tokens_generated  # one per streamed chunk
+        if st.usage_seen and st.segments == 1:  # cancelled segments never report usage
+            n = st.usage_completion or n
+        resp = LLMResponse(
+            text=text,
+            token_ids=ids,
+            finish_reason=reason,  # type: ignore[arg-type]
+            prompt_tokens=st.usage_prompt or len(seq.prompt_ids),
+            completion_tokens=n,
+            preemptions=seq.preemptions,
+        )
+        if seq.request.tools and reason != "length":
+            try:
+                from aios.kernel.tool_calls import parse_tool_calls
+
+                resp.tool_calls = parse_tool_calls(text)
+            except Exception:  # a model that talks instead of calling: no tool calls
+                pass
+        seq.syscall.complete(resp)
+
+    def _fail(self, seq: Sequence, type_: str, message: str) -> None:
+        self._cleanup(seq)
+        seq.syscall.fail(type_, message)

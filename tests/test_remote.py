@@ -1,0 +1,309 @@
+"""The remote LLM core (OpenAI-compatible servers).
+
+Fast tests talk to a fake server in-process (``httpx.MockTransport``) whose "model" is a
+deterministic function of the full text so far, like greedy decoding: the next word depends only
+on prompt + output. So a request suspended and continued any number of times must give the same
+text as an uninterrupted one, and the tests check exactly that under RR with small quanta.
+
+The slow test starts the real ``transformers serve`` on loopback with the embedded SmolLM2
+(``transformers serve <local dir>`` works offline: the local folder is passed as the forced model
+and requests name the same path) and checks a round-robin run with suspensions against FIFO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import aios
+from aios.kernel.kernel import Kernel, KernelConfig
+from aios.kernel.remote import RemoteLLMCore, parse_remote_model
+from aios.kernel.syscall import SyscallFailed
+
+WORDS = ["alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel", "india", "STOP", "END"]
+
+
+def next_word(text: str) -> str:
+    return WORDS[int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(WORDS)]
+
+
+class FakeServer:
+    """A tiny OpenAI-compatible server: /v1/completions and /v1/chat/completions, streamed."""
+
+    def __init__(self, delay: float = 0.002, fail: bool = False):
+        self.delay = delay
+        self.fail = fail
+        self.bodies: list[dict] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if self.fail:
+            return httpx.Response(500, text="boom")
+        chat = request.url.path.endswith("/chat/completions")
+        if chat:
+            text = json.dumps(body["messages"], sort_keys=True)  # the whole conversation so far
+            msgs = body["messages"]
+            if body.get("continue_final_message"):
+                text = json.dumps(msgs[:-1], sort_keys=True) + msgs[-1]["content"]
+        else:
+            text = body["prompt"]
+
+        def sse():
+            nonlocal text
+            n = 0
+            while True:
+                word = next_word(text)
+                if word == "END":
+                    yield self._chunk(chat, None, "stop")
+                    break
+                piece = " " + word
+                text += piece
+                n += 1
+                time.sleep(self.delay)
+                yield self._chunk(chat, piece, None)
+                if n >= body["max_tokens"]:
+                    yield self._chunk(chat, None, "length")
+                    break
+            yield b"data: [DONE]\n\n"
+
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse())
+
+    @staticmethod
+    def _chunk(chat: bool, text: str | None, finish: str | None) -> bytes:
+        choice: dict = {"index": 0, "finish_reason": finish}
+        if chat:
+            choice["delta"] = {"content": text} if text else {}
+        else:
+            choice["text"] = text or ""
+        return f"data: {json.dumps({'choices': [choice]})}\n\n".encode()
+
+
+def fake_continuation(prompt: str, n: int) -> str:
+    """What an uninterrupted run produces (the reference)."""
+    out = ""
+    for _ in range(n):
+        word = next_word(prompt + out)
+        if word == "END":
+            break
+        out += " " + word
+    return out
+
+
+def remote_kernel(server: FakeServer, tokenizer, mode: str = "auto", **cfg) -> Kernel:
+    config = KernelConfig(model="openai:http://fake.local/v1#fake-model", **cfg)
+    client = httpx.Client(transport=httpx.MockTransport(server))
+    core = RemoteLLMCore(config, tokenizer=tokenizer, mode=mode, client=client)
+    return Kernel(config, llm=core)
+
+
+def ask_all(kernel: Kernel, prompts: list[str], **request) -> list[aios.LLMResponse]:
+    def fn(prompt):
+        return aios.chat(prompt, **request).response
+
+    runs = aios.run_agents(
+        kernel, [aios.AgentSpec(name=f"agent{i}", fn=fn, task=p) for i, p in enumerate(prompts)]
+    )
+    assert all(r.ok for r in runs), [r.error for r in runs]
+    return [r.output for r in runs]
+
+
+PROMPTS = [f"Question number {i}: tell me about topic {i * 7}." for i in range(6)]
+
+
+def test_parse_remote_model():
+    assert parse_remote_model("openai:http://h:8000/v1/#m/x") == ("http://h:8000/v1", "m/x")
+    for bad in ["openai:h:8000#m", "openai:http://h", "openai:http://h#", "smollm2"]:
+        with pytest.raises(ValueError):
+            parse_remote_model(bad)
+
+
+@pytest.mark.parametrize("quantum", [1, 3])
+def test_suspend_and_continue_is_exact_completions(tiny_lm, quantum):
+    _, tok = tiny_lm
+    solo = remote_kernel(FakeServer(), tok, scheduler="fifo", max_batch_size=1)
+    try:
+        ref = ask_all(solo, PROMPTS, max_new_tokens=12)
+    finally:
+        solo.shutdown()
+    server = FakeServer()
+    rr = remote_kernel(server, tok, scheduler="rr", quantum=quantum, max_batch_size=2)
+    try:
+        got = ask_all(rr, PROMPTS, max_new_tokens=12)
+    finally:
+        rr.shutdown()
+    assert [r.text for r in got] == [r.text for r in ref]
+    assert sum(r.preemptions for r in got) > 0, "RR with 6 requests on 2 rows must suspend someone"
+    # the reference itself is the uninterrupted continuation of the rendered prompt
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPTS[0]}], tokenize=False, add_generation_prompt=True
+    )
+    assert ref[0].text == fake_continuation(rendered, 12)
+    # resumed segments send prompt + partial output and ask only for the rest
+    resumed = [b for b in server.bodies if not b["prompt"].endswith("assistant\n")]
+    assert resumed and all(b["max_tokens"] < 12 for b in resumed)
+
+
+def test_chat_mode_continues_final_message():
+    ref_k = remote_kernel(FakeServer(), None, mode="chat", scheduler="fifo", max_batch_size=1)
+    try:
+        ref = ask_all(ref_k, PROMPTS[:4], max_new_tokens=10)
+    finally:
+        ref_k.shutdown()
+    server = FakeServer()
+    k = remote_kernel(server, None, mode="chat", scheduler="rr", quantum=2, max_batch_size=1)
+    try:
+        got = ask_all(k, PROMPTS[:4], max_new_tokens=10)
+    finally:
+        k.shutdown()
+    assert [r.text for r in got] == [r.text for r in ref]
+    assert any(b.get("continue_final_message") for b in server.bodies)
+
+
+@pytest.mark.parametrize("scheduler", ["fifo", "priority", "sjf"])
+def test_policies_complete_everything(tiny_lm, scheduler):
+    _, tok = tiny_lm
+    k = remote_kernel(FakeServer(), tok, scheduler=scheduler, max_batch_size=2)
+    try:
+        got = ask_all(k, PROMPTS, max_new_tokens=8)
+    finally:
+        k.shutdown()
+    assert len(got) == len(PROMPTS) and all(r.finish_reason in {"eos", "length"} for r in got)
+    assert all(0 < r.completion_tokens <= 8 or r.finish_reason == "eos" for r in got)
+
+
+def test_stop_strings_and_errors(tiny_lm):
+    _, tok = tiny_lm
+    k = remote_kernel(FakeServer(), tok, scheduler="rr", quantum=2, max_batch_size=2)
+    try:
+        with aios.agent_context(k, "me"):
+            # find a prompt whose continuation contains a known word, then stop on it
+            for p in PROMPTS:
+                rendered = tok.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                full = fake_continuation(rendered, 30)
+                if " golf" in full:
+                    r = aios.chat(p, max_new_tokens=30, stop=[" golf"])
+                    assert r.text == full[: full.index(" golf")] and r.response.finish_reason == "stop"
+                    break
+            with pytest.raises(SyscallFailed) as exc:
+                aios.chat("x", num_beams=2)
+            assert exc.value.error.type == "Unsupported"
+    finally:
+        k.shutdown()
+    bad = remote_kernel(FakeServer(fail=True), tok)
+    try:
+        with aios.agent_context(bad, "me"), pytest.raises(SyscallFailed) as exc:
+            aios.chat("hello", max_new_tokens=4)
+        assert exc.value.error.type == "RemoteError" and "500" in exc.value.error.message
+    finally:
+        bad.shutdown()
+
+
+def test_unreachable_server_fails_the_request_not_the_kernel(tiny_lm):
+    _, tok = tiny_lm
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    config = KernelConfig(model=f"openai:http://127.0.0.1:{port}/v1#m")
+    k = Kernel(config, llm=RemoteLLMCore(config, tokenizer=tok))
+    try:
+        with aios.agent_context(k, "me"):
+            with pytest.raises(SyscallFailed) as exc:
+                aios.chat("hello", max_new_tokens=4)
+            assert exc.value.error.type == "RemoteError"
+    finally:
+        k.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real thing: transformers serve on loopback with the embedded SmolLM2
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def transformers_serve():
+    from aios.kernel.llm import model_dir
+
+    path = str(model_dir("smollm2"))  # converts the embedded GGUF once, then a plain folder
+    exe = Path(sys.executable).with_name("transformers")
+    if not exe.exists():
+        pytest.skip("the `transformers` console script is not installed next to this Python")
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "serve",
+            path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("transformers serve did not come up within 90 s")
+        yield f"openai:http://127.0.0.1:{port}/v1#{path}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_transformers_serve_round_robin_matches_fifo(transformers_serve):
+    questions = ["What is the capital of France?", "Name three colors.", "Say hello in Spanish."]
+
+    def run(scheduler: str, quantum: int, batch: int) -> list[aios.LLMResponse]:
+        k = Kernel(
+            KernelConfig(model=transformers_serve, scheduler=scheduler, quantum=quantum, max_batch_size=batch)
+        )
+        try:
+            assert isinstance(k.llm, RemoteLLMCore) and k.llm.mode == "completions"
+            return ask_all(k, questions, max_new_tokens=10)
+        finally:
+            k.shutdown()
+
+    ref = run("fifo", 8, 1)
+    got = run("rr", 3, 2)
+    assert all(r.text.strip() for r in ref), [r.text for r in ref]
+    assert sum(r.preemptions for r in got) > 0
+    # greedy continuation of prompt + partial text: identical text (see docs/remote.md)
+    assert [r.text for r in got] == [r.text for r in ref]
+    assert "Paris" in ref[0].text
