@@ -19,6 +19,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# The tiny model's ops are microseconds long: a second intra-op thread only adds synchronisation,
+# and on a loaded 2-core machine that spin-waiting costs 10-100x. Results do not depend on it.
+torch.set_num_threads(int(os.environ.get("AIOS_TEST_THREADS", "1")))
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -94,6 +94,7 @@ class LLMEngine:
         *,
         retriever: Retriever | None = None,
         context_window: int | None = None,
+        trace_len: int = 4096,
         **overrides: Any,
     ):
         from aios.kernel.kernel import KernelConfig
@@ -117,6 +118,8 @@ class LLMEngine:
         self._closed = False
         self._stats = EngineStats()
         self.records: list[dict[str, Any]] = []  # per finished request (benchmarks read these)
+        # per step: agents holding rows (bounded; tests and debugging read the schedule from it)
+        self.trace: deque[tuple[str, ...]] = deque(maxlen=trace_len)
 
     # ------------------------------------------------------------------------------------------------
     # set-up helpers
@@ -306,6 +309,7 @@ class LLMEngine:
             self._guard(seq, self._suspend)
         for seq in plan.resume:
             self._guard(seq, self._resume)
+        self.trace.append(tuple(s.agent for s in self.scheduler.running))
         decoding = [s for s in self.scheduler.running if s.status is SeqStatus.RUNNING]
         for seq in plan.admit:
             self._guard(seq, self._prefill)

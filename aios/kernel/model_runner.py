@@ -100,6 +100,7 @@ class SlotKVCache:
         self._grow(64)
 
     # -- capacity ------------------------------------------------------------------------------
+    @torch.inference_mode()
     def _grow(self, needed: int) -> None:
         cap = max(needed, self.capacity * 2, 64)
         cap = min(-(-cap // 64) * 64, max(self.max_len, needed))
@@ -147,6 +148,7 @@ class SlotKVCache:
         return 0
 
     # -- moving KV in and out of slots -------------------------------------------------------------
+    @torch.inference_mode()
     def read(self, slot: int, length: int, to: torch.device | str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copies of a slot's first ``length`` positions, per layer (``[kv_head, length, dim]``)."""
         out = []
@@ -159,6 +161,7 @@ class SlotKVCache:
                 out.append((k.clone(), v.clone()))
         return out
 
+    @torch.inference_mode()
     def write(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         length = kv[0][0].shape[1]
         self.ensure_capacity(length)
@@ -166,6 +169,7 @@ class SlotKVCache:
             self.keys[layer][slot, :, :length] = k.to(self.device, non_blocking=True)
             self.values[layer][slot, :, :length] = v.to(self.device, non_blocking=True)
 
+    @torch.inference_mode()
     def copy_slots(self, src: list[int], dst: list[int], length: int) -> None:
         """``dst[i] <- src[i]`` for the first ``length`` positions (beam reordering)."""
         if not src:
@@ -193,9 +197,12 @@ class ModelRunner:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.max_len = max_len or getattr(cfg, "max_position_embeddings", 2048)
+        # one extra slot (index max_rows) is scratch space: dummy rows write their junk KV there, never
+        # into a free slot that a sequence prefilled earlier in the same step
         self.cache = SlotKVCache(
-            cfg.num_hidden_layers, max_rows, kv_heads, head_dim, self.dtype, self.device, self.max_len
+            cfg.num_hidden_layers, max_rows + 1, kv_heads, head_dim, self.dtype, self.device, self.max_len
         )
+        self.scratch_slot = max_rows
         self.free_slots: list[int] = list(range(max_rows))
 
     # -- slots -------------------------------------------------------------------------------------
@@ -240,7 +247,9 @@ class ModelRunner:
             meta = [(-1, 0)] * self.max_rows
             for slot, tok, pos in rows:
                 tokens[slot], positions[slot], meta[slot] = tok, pos, (slot, pos + 1)
-            slots = list(range(self.max_rows))
+            slots = [self.scratch_slot] * self.max_rows
+            for slot, _, _ in rows:
+                slots[slot] = slot
             pick = [slot for slot, _, _ in rows]
         else:
             slots = [slot for slot, _, _ in rows]
