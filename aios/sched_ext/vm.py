@@ -248,7 +248,7 @@ class MicroVM:
         else:
             acc = ["-accel", "tcg,thread=single", "-cpu", "max"]
         append = ("console=ttyS0 panic=-1 oops=panic quiet loglevel=3 printk.devkmsg=on "
-                  "mitigations=off nokaslr tsc=reliable no_timer_check rdinit=/init "
+                  "mitigations=off nokaslr rdinit=/init "
                   f"{self.kernel_args} {extra_append}").strip()
         return [
             self.setup.qemu, *acc, "-smp", str(self.cpus), "-m", f"{self.memory_mb}M",
@@ -279,7 +279,8 @@ class MicroVM:
                     dirs.add(d)
                     entries.append((d, stat.S_IFDIR | 0o755, b""))
         entries.append(("aios/lib.sh", stat.S_IFREG | 0o644, GUEST_LIB))
-        entries.append((GUEST_JOB.lstrip("/"), stat.S_IFREG | 0o755, script))
+        job = ". /aios/lib.sh\n" + script  # helpers (aios_result, aios_emit) for the job's own shell
+        entries.append((GUEST_JOB.lstrip("/"), stat.S_IFREG | 0o755, job))
         entries += [(gf.path.lstrip("/"), stat.S_IFREG | gf.mode, gf.data) for gf in gfiles]
         extra = write_cpio(entries)
 

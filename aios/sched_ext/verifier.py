@@ -1,0 +1,371 @@
+"""Staged execution verifier for sched_ext schedulers: compile → static → kernel verifier → dynamic.
+
+Why staged: each stage is cheaper than the next and explains failures in its
+own terms (a compiler diagnostic, a forbidden construct, the kernel
+verifier's log, the kernel's exit reason), which is what the sched-agent
+needs to repair a candidate.  Stages 3 and 4 share one micro-VM boot; several
+schedulers can share one boot too (``verify_many``).  Nothing is ever loaded
+on the host.
+
+Stage 4 patches ``timeout_ms`` (the sched_ext watchdog) in the object to a few
+seconds, so a scheduler that stalls tasks is ejected by the kernel quickly
+and reported as such; the guest then falls back to EEVDF and keeps running.
+
+Public API::
+
+    verify(source, *, setup=None, vm=None, watchdog_ms=5000, stop_after=None) -> VerifyResult
+    verify_many(sources, *, setup=None, vm=None, watchdog_ms=5000) -> list[VerifyResult]
+    STAGES = ("compile", "static", "kernel_verifier", "dynamic")
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from . import bpftool as bt
+from .build import BuildResult, compile_bpf, patch_struct_ops_field
+from .checks import CheckReport, run_checks
+from .loader import GUEST_STATE_SNIPPET, parse_exits, parse_state
+from .setup import SetupInfo, ensure_setup
+from .vm import MicroVM, VMResult
+
+STAGES = ("compile", "static", "kernel_verifier", "dynamic")
+
+#: Shell-loop iterations per CPU-bound smoke task (~1 s each under TCG).
+SMOKE_SPIN = 1500
+SMOKE_SPINNERS = 4
+SMOKE_SLEEPERS = 2
+#: Seconds the smoke workload may take before unfinished tasks count as starved.
+SMOKE_DEADLINE_S = 40
+
+
+class Verdict(BaseModel):
+    """The result of one stage."""
+
+    stage: str
+    ok: bool
+    reason: str = ""
+    details: list[str] = Field(default_factory=list)   # essential log lines / findings
+    duration_s: float = 0.0
+    skipped: bool = False
+
+    def __str__(self) -> str:
+        mark = "SKIP" if self.skipped else ("PASS" if self.ok else "FAIL")
+        s = f"[{mark}] {self.stage:<16} {self.duration_s:6.2f}s  {self.reason}"
+        return s + "".join(f"\n        {d}" for d in self.details)
+
+
+class VerifyResult(BaseModel):
+    """All stage verdicts; ``ok`` only when every stage passed."""
+
+    source: Path
+    ok: bool
+    stages: list[Verdict] = Field(default_factory=list)
+    ops_name: str = ""
+    object_path: Path | None = None
+    total_s: float = 0.0
+    facts: dict[str, Any] = Field(default_factory=dict)  # kfuncs used, tunables, counters, events …
+
+    @property
+    def failed_stage(self) -> str | None:
+        return next((v.stage for v in self.stages if not v.ok and not v.skipped), None)
+
+    @property
+    def reason(self) -> str:
+        v = next((v for v in self.stages if not v.ok and not v.skipped), None)
+        return v.reason if v else ""
+
+    def verdict(self, stage: str) -> Verdict | None:
+        return next((v for v in self.stages if v.stage == stage), None)
+
+    def report(self) -> str:
+        head = f"{self.source.name}: {'VERIFIED' if self.ok else 'REJECTED at ' + str(self.failed_stage)}"
+        return head + "\n" + "\n".join(str(v) for v in self.stages) + f"\ntotal {self.total_s:.1f}s"
+
+
+# ---------------------------------------------------------------------- host stages
+
+
+def _stage_compile(source: Path, setup: SetupInfo) -> tuple[Verdict, BuildResult]:
+    b = compile_bpf(source, setup=setup)
+    if b.ok:
+        warn = [str(d) for d in b.warnings[:5]]
+        return Verdict(stage="compile", ok=True, reason=f"{len(b.warnings)} warning(s)" if warn else "",
+                       details=warn, duration_s=b.duration_s), b
+    return Verdict(stage="compile", ok=False, reason=f"{len(b.errors)} compile error(s)",
+                   details=b.summary(8).splitlines(), duration_s=b.duration_s), b
+
+
+def _stage_static(source: Path, obj: bytes, setup: SetupInfo) -> tuple[Verdict, CheckReport]:
+    t0 = time.monotonic()
+    rep = run_checks(source.read_text(errors="replace"), obj, setup)
+    dt = round(time.monotonic() - t0, 3)
+    errs = [str(f) for f in rep.errors]
+    warns = [str(f) for f in rep.findings if f.severity != "error"]
+    if rep.ok:
+        return Verdict(stage="static", ok=True, reason=f"{len(warns)} warning(s)" if warns else "",
+                       details=warns[:5], duration_s=dt), rep
+    return Verdict(stage="static", ok=False, reason=rep.errors[0].message, details=errs[:8] + warns[:3],
+                   duration_s=dt), rep
+
+
+# ---------------------------------------------------------------------- guest script
+
+
+def guest_script(n: int, spin: int = SMOKE_SPIN, deadline_s: int = SMOKE_DEADLINE_S) -> str:
+    """One boot, ``n`` schedulers at ``/aios/obj/sched{i}.bpf.o``: load, smoke, unload each.
+
+    Every step reports through blobs/results tagged with the index, so a
+    crash midway still leaves the earlier verdicts intact.
+    """
+    ticks = deadline_s * 5
+    return f"""
+st() {{ {GUEST_STATE_SNIPPET} > /tmp/.st 2>&1; aios_emit "$1" /tmp/.st; }}
+i=0
+while [ $i -lt {n} ]; do
+  OBJ=/aios/obj/sched$i.bpf.o; LINK=/sys/fs/bpf/aios_$i
+  dmesg -c > /dev/null 2>&1
+  aios_result "{{\\"kind\\":\\"begin\\",\\"i\\":$i}}"
+  st "state_before_$i"
+  mkdir -p $LINK
+  bpftool struct_ops register $OBJ $LINK > /tmp/reg.txt 2>&1; rc=$?
+  aios_emit "register_$i" /tmp/reg.txt
+  aios_result "{{\\"kind\\":\\"register\\",\\"i\\":$i,\\"rc\\":$rc}}"
+  if [ $rc -ne 0 ]; then
+    dmesg > /tmp/dm.txt; aios_emit "dmesg_$i" /tmp/dm.txt; rm -rf $LINK; i=$((i+1)); continue
+  fi
+  sleep 0.3
+  st "state_loaded_$i"
+  rm -f /tmp/spin.* /tmp/sleep.* /tmp/hb.rc
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  k=0; while [ $k -lt {SMOKE_SPINNERS} ]; do
+    ( c=0; while [ $c -lt {spin} ]; do c=$((c+1)); done; echo $c > /tmp/spin.$k ) &
+    k=$((k+1)); done
+  k=0; while [ $k -lt {SMOKE_SLEEPERS} ]; do
+    ( c=0; while [ $c -lt 10 ]; do sleep 0.05; c=$((c+1)); done; echo $c > /tmp/sleep.$k ) &
+    k=$((k+1)); done
+  expect=$(({SMOKE_SPINNERS}+{SMOKE_SLEEPERS}))
+  if command -v hackbench > /dev/null; then
+    ( hackbench -g 1 -f 2 -l 20 > /tmp/hb.txt 2>&1; echo $? > /tmp/hb.rc ) &
+    expect=$((expect+1))
+  fi
+  n=0
+  while [ $n -lt {ticks} ]; do
+    got=$(ls /tmp/spin.* /tmp/sleep.* /tmp/hb.rc 2>/dev/null | wc -l)
+    [ "$got" -ge "$expect" ] && break
+    sleep 0.2; n=$((n+1))
+  done
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  spins=$(ls /tmp/spin.* 2>/dev/null | wc -l); sleeps=$(ls /tmp/sleep.* 2>/dev/null | wc -l)
+  hb=$(cat /tmp/hb.rc 2>/dev/null || echo -1)
+  aios_result "{{\\"kind\\":\\"smoke\\",\\"i\\":$i,\\"spinners\\":$spins,\\"sleepers\\":$sleeps,\\"hackbench_rc\\":$hb,\\"expected\\":$expect,\\"t0\\":$t0,\\"t1\\":$t1}}"
+  st "state_after_$i"
+  bpftool map show 2>/dev/null | sed -n 's/^\\([0-9]*\\): .* name \\([^ ]*\\.\\(bss\\|data\\)\\) .*/\\1/p' > /tmp/ids
+  for id in $(cat /tmp/ids); do bpftool -j map dump id $id > /tmp/m.json 2>&1; aios_emit "map_${{i}}_$id" /tmp/m.json; done
+  rm -f $LINK/*; rmdir $LINK 2>/dev/null
+  n=0; while [ $n -lt 50 ]; do s=$(cat /sys/kernel/sched_ext/state); [ "$s" = disabled ] && break; sleep 0.1; n=$((n+1)); done
+  st "state_unloaded_$i"
+  dmesg > /tmp/dm.txt; aios_emit "dmesg_$i" /tmp/dm.txt
+  aios_result "{{\\"kind\\":\\"end\\",\\"i\\":$i}}"
+  wait
+  i=$((i+1))
+done
+"""
+
+
+def _kernel_verdict(i: int, res: VMResult, t_share: float) -> Verdict:
+    reg = res.results_of("register")
+    reg_i = next((r for r in reg if r.get("i") == i), None)
+    text = res.blobs.get(f"register_{i}", "")
+    if reg_i is None:
+        why = res.describe_failure() or "the guest never reached this scheduler"
+        return Verdict(stage="kernel_verifier", ok=False, reason=f"not loaded: {why}", duration_s=t_share)
+    if reg_i.get("rc") == 0:
+        r = bt.parse_register(text)
+        return Verdict(stage="kernel_verifier", ok=True, reason=f"loaded ({', '.join(r.ops) or 'struct_ops'})",
+                       duration_s=t_share)
+    r = bt.parse_register(text)
+    details = bt.essential_verifier_lines(r.verifier_log)
+    exits = [e for e in parse_exits(res.blobs.get(f"dmesg_{i}", "")) if e.action == "disabled"]
+    if r.verifier_log:
+        prog = f" in program {r.failed_program}" if r.failed_program else ""
+        last = next((ln for ln in reversed(details) if not ln.startswith(("processed", ";"))), "")
+        reason = f"kernel verifier rejected the scheduler{prog}: {last}".rstrip(": ")
+    elif exits:
+        e = exits[-1]
+        reason = f"scheduler failed to enable: {e.reason}"
+        details = e.detail[:6]
+    else:
+        errs = [ln for ln in text.splitlines() if re.search(r"error|fail|invalid|denied", ln, re.I)]
+        reason = "load failed: " + (errs[-1].strip() if errs else r.error or "bpftool exited non-zero")
+        details = errs[-8:]
+    return Verdict(stage="kernel_verifier", ok=False, reason=reason, details=details, duration_s=t_share)
+
+
+def _dynamic_verdict(i: int, res: VMResult, ops_name: str, t_share: float) -> tuple[Verdict, dict]:
+    facts: dict[str, Any] = {}
+    loaded = parse_state(res.blobs.get(f"state_loaded_{i}", ""))
+    after = parse_state(res.blobs.get(f"state_after_{i}", ""))
+    unloaded = parse_state(res.blobs.get(f"state_unloaded_{i}", ""))
+    smoke = next((r for r in res.results_of("smoke") if r.get("i") == i), None)
+    dmesg = res.blobs.get(f"dmesg_{i}", "")
+    exits = parse_exits(dmesg)
+    bad = [e for e in exits if e.action == "disabled" and e.kind != "unregistered"]
+    facts["events"] = after.events or loaded.events
+    facts["exits"] = [e.model_dump() for e in exits]
+    counters: dict[str, Any] = {}
+    for key, blob in res.blobs.items():
+        if key.startswith(f"map_{i}_"):
+            try:
+                counters.update(bt.datasec_values(bt.parse_map_dump(blob)))
+            except (ValueError, TypeError):
+                pass
+    facts["counters"] = counters
+    if smoke:
+        facts["smoke"] = smoke
+    problems: list[str] = []
+    details: list[str] = []
+    if bad:
+        e = bad[0]
+        kind = "watchdog stall" if e.kind == "watchdog" else f"{e.kind} exit"
+        problems.append(f"ejected by the kernel ({kind}): {e.reason}")
+        details += e.detail[:6]
+    if res.kernel_problem:
+        problems.append(f"guest kernel problem: {res.kernel_problem}")
+    if smoke is None:
+        problems.append("smoke workload did not report: " + (res.describe_failure() or "guest stopped"))
+    else:
+        missing = int(smoke.get("expected", 0)) - int(smoke.get("spinners", 0)) - int(smoke.get("sleepers", 0)) - (
+            1 if smoke.get("hackbench_rc", -1) != -1 else 0)
+        if missing > 0:
+            problems.append(f"{missing} smoke task(s) made no progress within {SMOKE_DEADLINE_S}s")
+        elif smoke.get("hackbench_rc", 0) not in (0, -1):
+            problems.append(f"hackbench failed (exit {smoke.get('hackbench_rc')})")
+        try:
+            facts["smoke_s"] = round(float(smoke["t1"]) - float(smoke["t0"]), 2)
+        except (KeyError, ValueError, TypeError):
+            pass
+    if not bad:
+        if loaded.state != "enabled":
+            problems.append(f"state after load was {loaded.state or 'unknown'!r}, not 'enabled'")
+        elif after.state != "enabled":
+            problems.append(f"state after the workload was {after.state or 'unknown'!r}, not 'enabled'")
+        if ops_name and loaded.ops and loaded.ops != ops_name:
+            problems.append(f"root/ops reads {loaded.ops!r}, expected {ops_name!r}")
+    if unloaded.state and unloaded.state != "disabled":
+        problems.append(f"did not unload cleanly (state {unloaded.state!r})")
+    elif not unloaded.state and smoke is not None:
+        problems.append("unload not observed")
+    if problems:
+        return Verdict(stage="dynamic", ok=False, reason=problems[0], details=problems[1:] + details,
+                       duration_s=t_share), facts
+    dur = facts.get("smoke_s")
+    return Verdict(stage="dynamic", ok=True,
+                   reason=f"stayed enabled through the smoke workload{f' ({dur}s)' if dur else ''}; unloaded cleanly",
+                   duration_s=t_share), facts
+
+
+# ---------------------------------------------------------------------- public
+
+
+def verify(source: Path | str, *, setup: SetupInfo | None = None, vm: MicroVM | None = None,
+           watchdog_ms: int = 5000, stop_after: str | None = None) -> VerifyResult:
+    """Run all stages on one source file (stops at the first failing stage)."""
+    return verify_many([source], setup=setup, vm=vm, watchdog_ms=watchdog_ms, stop_after=stop_after)[0]
+
+
+def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None, vm: MicroVM | None = None,
+                watchdog_ms: int = 5000, stop_after: str | None = None, vm_timeout_s: float | None = None
+                ) -> list[VerifyResult]:
+    """Verify several schedulers; those that reach stage 3 share one micro-VM boot.
+
+    If that boot dies midway (a scheduler wedged the guest), the schedulers it
+    did not get to are retried in a boot of their own, so one bad candidate
+    cannot hide the verdicts of the others.
+    """
+    setup = setup or ensure_setup(progress=False)
+    results: list[VerifyResult] = []
+    pending: list[tuple[VerifyResult, bytes]] = []
+    t_all = time.monotonic()
+    for src in sources:
+        source = Path(src).resolve()
+        t0 = time.monotonic()
+        vr = VerifyResult(source=source, ok=False)
+        results.append(vr)
+        v, b = _stage_compile(source, setup)
+        vr.stages.append(v)
+        if not v.ok:
+            _skip_rest(vr, "compile")
+            vr.total_s = round(time.monotonic() - t0, 2)
+            continue
+        vr.object_path = b.object_path
+        obj = b.object_path.read_bytes()
+        v, rep = _stage_static(source, obj, setup)
+        vr.stages.append(v)
+        vr.ops_name = next(iter(rep.ops_names.values()), "")
+        vr.facts.update(kfuncs_used=rep.kfuncs_used, tunables=rep.tunables)
+        vr.total_s = round(time.monotonic() - t0, 2)
+        if not v.ok or stop_after in ("compile", "static"):
+            _skip_rest(vr, "static")
+            vr.ok = v.ok and stop_after == "static"
+            continue
+        try:
+            obj = patch_struct_ops_field(obj, "timeout_ms", watchdog_ms, setup)
+        except (KeyError, ValueError, RuntimeError) as e:
+            vr.stages.append(Verdict(stage="kernel_verifier", ok=False, reason=f"cannot prepare object: {e}"))
+            _skip_rest(vr, "kernel_verifier")
+            continue
+        pending.append((vr, obj))
+    if pending:
+        vm = vm or MicroVM(setup)
+        _run_guest(pending, vm, vm_timeout_s, retry=True)
+    for vr in results:
+        vr.ok = all(v.ok or v.skipped for v in vr.stages) and not any(v.skipped for v in vr.stages) or (
+            vr.ok and stop_after is not None)
+    if len(results) == 1:
+        results[0].total_s = round(time.monotonic() - t_all, 2)
+    return results
+
+
+def _skip_rest(vr: VerifyResult, after: str) -> None:
+    for st in STAGES[STAGES.index(after) + 1:]:
+        vr.stages.append(Verdict(stage=st, ok=False, skipped=True, reason=f"not run ({after} did not pass)"))
+
+
+def _run_guest(pending: list[tuple[VerifyResult, bytes]], vm: MicroVM, timeout_s: float | None, retry: bool) -> None:
+    n = len(pending)
+    files = {f"/aios/obj/sched{i}.bpf.o": obj for i, (_vr, obj) in enumerate(pending)}
+    timeout = timeout_s or (60 + n * (SMOKE_DEADLINE_S + 30))
+    res = vm.run(guest_script(n), files=files, timeout_s=timeout)
+    share = round(res.duration_s / n, 2)
+    retry_list: list[tuple[VerifyResult, bytes]] = []
+    ended = {r.get("i") for r in res.results_of("end")} | {
+        r.get("i") for r in res.results_of("register") if r.get("rc") != 0}
+    began = {r.get("i") for r in res.results_of("begin")}
+    for i, (vr, obj) in enumerate(pending):
+        if i not in ended and retry and n > 1 and (i not in began or i != max(began, default=-1)):
+            retry_list.append((vr, obj))
+            continue
+        kv = _kernel_verdict(i, res, share)
+        vr.stages.append(kv)
+        if not kv.ok:
+            _skip_rest(vr, "kernel_verifier")
+        else:
+            dv, facts = _dynamic_verdict(i, res, vr.ops_name, share)
+            vr.stages.append(dv)
+            vr.facts.update(facts)
+        vr.facts["vm"] = {"boot_s": res.duration_s, "accel": res.accel, "batch": n, "timed_out": res.timed_out}
+        vr.total_s = round(vr.total_s + share, 2)
+    for item in retry_list:
+        _run_guest([item], vm, timeout_s, retry=False)
+
+
+def verdicts_json(results: list[VerifyResult]) -> str:
+    return json.dumps([json.loads(r.model_dump_json()) for r in results], indent=2)
