@@ -15,7 +15,6 @@ real ``SchedToolbox``.  The loop with the real VM toolchain is in ``test_sched_a
 from __future__ import annotations
 
 import collections
-import json
 import re
 import shutil
 from pathlib import Path
@@ -92,29 +91,22 @@ class RecordedLLM:
         pass
 
 
-class FakeRepo:
-    def __init__(self):
-        self.records: list[dict[str, Any]] = []
-
-    def search(self, query: str, k: int = 4) -> list[dict[str, Any]]:
-        out = []
-        for meta in sorted(SCHED_DIR.glob("*.json")):
-            d = json.loads(meta.read_text())
-            d["source"] = (SCHED_DIR / d["source"]).read_text()
-            out.append(d)
-        return out[:k]
-
-    def record_candidate(self, **kw: Any) -> int:
-        self.records.append(kw)
-        return len(self.records)
-
-
 class FakeBackend:
     """Replaces the micro-VM: verdicts from ``reject(source)``, improvements from ``gain(source)``."""
 
-    def __init__(self, gain=lambda src: -0.05, reject=lambda src: None, stress_ok=True, real_compile=False):
+    def __init__(
+        self,
+        repo_dir: Path,
+        gain=lambda src: -0.05,
+        reject=lambda src: None,
+        stress_ok=True,
+        real_compile=False,
+    ):
+        from aios.kernel.embedding import HashEmbedder
+        from aios.sched_ext.repository import PolicyRepository
+
         self.gain, self.reject, self.stress_ok, self.real_compile = gain, reject, stress_ok, real_compile
-        self.repo = FakeRepo()
+        self.repo = PolicyRepository(path=repo_dir, embedder=HashEmbedder(64))  # the real repository
         self.verified_paths: list[Path] = []
         self.measured: list[str] = []
         self.stressed: list[Path] = []
@@ -122,7 +114,7 @@ class FakeBackend:
     def profile(self, workload: str, tier: str) -> dict[str, Any]:
         return {"cpus": 2, "runnable": 40, "context_switches": 1234, "tier": tier}
 
-    def repository(self) -> FakeRepo:
+    def repository(self) -> Any:
         return self.repo
 
     def verify(self, path: Path, stages: str) -> Any:
@@ -235,7 +227,9 @@ def test_loop_on_tiny_model_every_step_is_a_syscall(tiny_lm, tmp_path):
     model, tok = tiny_lm
     cfg = KernelConfig(model="tiny", embedder="hash", data_dir=tmp_path / "data", max_batch_size=2)
     kernel = Kernel(cfg, llm=LLMEngine(model, tok, cfg))
-    backend = FakeBackend(gain=lambda src: 0.25 if "shortest observed runtime" in src else -0.02)
+    backend = FakeBackend(
+        tmp_path / "repo", gain=lambda src: 0.25 if "shortest observed runtime" in src else -0.02
+    )
     try:
         task = OptimizeTask(workload="batch", budget=Budget(iterations=4), reps=2, stress_s=60, seeds=1)
         report, box, lines = _run(kernel, backend, task, tmp_path)
@@ -267,7 +261,7 @@ def test_loop_on_tiny_model_every_step_is_a_syscall(tiny_lm, tmp_path):
 
 def test_keeps_eevdf_when_nothing_wins(tmp_path):
     llm = RecordedLLM()
-    backend = FakeBackend(gain=lambda src: -0.1)
+    backend = FakeBackend(tmp_path / "repo", gain=lambda src: -0.1)
     with _kernel(tmp_path, llm) as kernel:
         report, box, _ = _run(
             kernel, backend, OptimizeTask(workload="schbench", budget=Budget(iterations=3)), tmp_path
@@ -281,7 +275,7 @@ def test_keeps_eevdf_when_nothing_wins(tmp_path):
 
 
 def test_winner_must_survive_the_stress_run(tmp_path):
-    backend = FakeBackend(gain=lambda src: 0.3, stress_ok=False)
+    backend = FakeBackend(tmp_path / "repo", gain=lambda src: 0.3, stress_ok=False)
     with _kernel(tmp_path, RecordedLLM()) as kernel:
         task = OptimizeTask(workload="batch", budget=Budget(iterations=2), stress_s=75)
         report, box, lines = _run(kernel, backend, task, tmp_path)
@@ -292,6 +286,7 @@ def test_winner_must_survive_the_stress_run(tmp_path):
 
 def test_rejected_candidates_are_recorded_with_reason_and_never_loaded(tmp_path):
     backend = FakeBackend(
+        tmp_path / "repo",
         gain=lambda src: 0.4,
         reject=lambda src: "R0 invalid mem access 'map_value_or_null'" if "per-CPU" in src else None,
     )
@@ -309,13 +304,13 @@ def test_rejected_candidates_are_recorded_with_reason_and_never_loaded(tmp_path)
     assert all(it.improvement is None for it in rejected)
     # rejected sources were never measured; every record reached storage and the repository
     assert len(backend.measured) == len(report.iterations) - len(rejected)
-    assert len(backend.repo.records) == len(report.iterations)
+    assert len(backend.repo.results()) == len(backend.measured)
     assert len([s for s in stored if not s["key"].endswith("/report")]) == len(report.iterations)
     _assert_safe(box, backend)
 
 
 def test_budget_stops_the_loop(tmp_path):
-    backend = FakeBackend(gain=lambda src: 0.01)
+    backend = FakeBackend(tmp_path / "repo", gain=lambda src: 0.01)
     with _kernel(tmp_path, RecordedLLM()) as kernel:
         task = OptimizeTask(workload="batch", budget=Budget(iterations=20, tokens=1500), seeds=0)
         report, _, _ = _run(kernel, backend, task, tmp_path)
@@ -332,13 +327,13 @@ def test_gains_flatten_stop(tmp_path):
 
     with _kernel(tmp_path, RecordedLLM()) as kernel:
         task = OptimizeTask(workload="batch", budget=Budget(iterations=8), seeds=1, patience=2, stress_s=60)
-        report, _, _ = _run(kernel, FakeBackend(gain=gain), task, tmp_path)
+        report, _, _ = _run(kernel, FakeBackend(tmp_path / "repo", gain=gain), task, tmp_path)
     assert report.stop_reason == "gains flattened" and len(report.iterations) == 3
     assert report.accepted and report.improvement == pytest.approx(0.2)
 
 
 def test_unverified_program_is_refused(tmp_path):
-    backend = FakeBackend()
+    backend = FakeBackend(tmp_path / "repo")
     box = SchedToolbox(backend=backend, workdir=tmp_path / "work")
     src = (SCHED_DIR / "fifo.bpf.c").read_text()
     with pytest.raises(UnverifiedProgram):
@@ -403,7 +398,7 @@ def test_write_mode_with_recorded_double_repairs_from_compiler_feedback(tmp_path
     if load_setup() is None:
         pytest.skip("needs `aios sched setup` (vmlinux.h)")
     llm = RecordedLLM(texts=[BROKEN, _repaired()])
-    backend = FakeBackend(gain=lambda src: 0.15, real_compile=True)
+    backend = FakeBackend(tmp_path / "repo", gain=lambda src: 0.15, real_compile=True)
     with _kernel(tmp_path, llm) as kernel:
         task = OptimizeTask(workload="batch", mode="write", budget=Budget(iterations=1), seeds=0, stress_s=60)
         report, box, lines = _run(kernel, backend, task, tmp_path)

@@ -94,18 +94,27 @@ class ToolchainBackend:
     same whichever backend runs the work.
     """
 
-    def __init__(self, vm_options: dict[str, Any] | None = None, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        vm_options: dict[str, Any] | None = None,
+        repository_path: Path | None = None,
+        embedder: Any = None,
+    ):
         self.vm_options = dict(vm_options or {})
-        self.cache_dir = cache_dir
+        self.repository_path = repository_path
+        self.embedder = embedder
         self._repo: Any = None
         self._lock = threading.Lock()
 
     def _vm_kw(self) -> dict[str, Any]:
         if not self.vm_options:
             return {}
+        return {"vm": self._new_vm()}
+
+    def _new_vm(self) -> Any:
         from aios.sched_ext.vm import MicroVM
 
-        return {"vm": MicroVM(**self.vm_options)}
+        return MicroVM(**self.vm_options)
 
     def profile(self, workload: str, tier: str) -> Any:
         from aios.sched_ext import profile as prof
@@ -135,9 +144,7 @@ class ToolchainBackend:
         return measure_objects(objects, workload, reps, **self._vm_kw())
 
     def stress(self, obj: Path, seconds: float) -> Any:
-        from aios.sched_ext import verifier
-
-        return verifier.stress(obj, seconds=seconds, **self._vm_kw())
+        return stress_in_vm(obj, seconds, self._new_vm())
 
     def deploy(self, obj: Path) -> Any:
         from aios.sched_ext import loader
@@ -193,7 +200,7 @@ class SchedToolbox:
         w = get_workload(workload)
         p = self.backend.profile(workload, tier)
         data = as_dict(p)
-        text = p.text() if hasattr(p, "text") else (p.summary() if hasattr(p, "summary") else "")
+        text = p.to_text() if hasattr(p, "to_text") else ""
         return {
             "workload": workload,
             "tier": tier,
@@ -208,46 +215,74 @@ class SchedToolbox:
         return self.backend.repository()
 
     def search(self, query: str, k: int = 4) -> list[dict[str, Any]]:
-        """Closest repository schedulers to ``query`` (description / workload profile)."""
-        hits = self.repository().search(query, k=k)
+        """Closest repository schedulers to ``query`` (description / workload profile), with source."""
+        repo = self.repository()
         out = []
-        for h in hits:
+        for h in repo.search(query, k=k):
             d = as_dict(h)
-            entry = d.get("entry") or d.get("policy") or d
-            src = entry.get("source") or ""
-            if not src and entry.get("source_path"):
-                src = Path(entry["source_path"]).read_text()
+            name = d.get("name", "")
+            entry = as_dict(repo.get(name)) if hasattr(repo, "get") and "source" not in d else d
             out.append(
                 {
-                    "name": entry.get("name", ""),
-                    "description": entry.get("description", ""),
-                    "tunables": entry.get("tunables", {}),
-                    "score": d.get("score", d.get("distance")),
-                    "source": src,
+                    "name": name,
+                    "description": entry.get("description", d.get("description", "")),
+                    "tunables": {
+                        k2: (v.get("default") if isinstance(v, dict) else v)
+                        for k2, v in (entry.get("tunables") or {}).items()
+                    },
+                    "goal": entry.get("goal"),
+                    "score": d.get("score"),
+                    "source": entry.get("source", ""),
                 }
             )
         return out
 
-    def record(self, name: str, source: str, description: str, workload: str, result: dict[str, Any]) -> dict:
-        """Record a candidate (and its measured result or rejection) in the policy repository."""
+    def record(
+        self, name: str, source: str, description: str, workload: str, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Record a measured candidate in the policy repository (program + result).
+
+        Rejected candidates are not policies: their reasons live in the agent's storage and report.
+        """
         repo = self.repository()
-        rec = getattr(repo, "record_candidate", None)
-        if rec is not None:
-            return {
-                "ok": True,
-                "id": str(
-                    rec(name=name, source=source, description=description, workload=workload, result=result)
-                ),
-            }
-        add, add_result = getattr(repo, "add", None), getattr(repo, "add_result", None)
-        if add is not None:
-            try:
-                add(name=name, source=source, description=description, tags=["sched-agent"])
-            except Exception:  # already there: the result is what matters
-                pass
-        if add_result is not None:
-            add_result(name, workload=workload, metrics=result)
-        return {"ok": True}
+        if not result.get("verdict", {}).get("ok") or result.get("improvement") is None:
+            return {"ok": True, "recorded": False}
+        from aios.sched_ext.repository import PolicyEntry, ResultRecord
+
+        try:
+            repo.get(name)
+        except KeyError:
+            tags = ["sched-agent", str(result.get("origin", ""))]
+            repo.add(
+                PolicyEntry(
+                    name=name,
+                    ops_name=ops_name(source) or "",
+                    description=description,
+                    source=source,
+                    tags=tags,
+                    origin="sched-agent",
+                )
+            )
+        metric = result.get("metric", "")
+        rid = repo.record_result(
+            ResultRecord(
+                scheduler=name,
+                workload=workload,
+                primary_metric=metric,
+                improvement=1.0 + float(result["improvement"]),
+                metrics={
+                    metric: {
+                        "baseline_mean": result.get("baseline"),
+                        "candidate_mean": result.get("candidate"),
+                        "improvement": 1.0 + float(result["improvement"]),
+                        "spread": result.get("spread"),
+                    }
+                },
+                reps=int(result.get("reps", 0) or 0),
+                stayed_enabled=True,
+            )
+        )
+        return {"ok": True, "recorded": True, "id": rid}
 
     # -- build and verify ---------------------------------------------------------------------------
     def compile(self, source: str) -> dict[str, Any]:
@@ -269,19 +304,24 @@ class SchedToolbox:
         stage_list = []
         for s in getattr(v, "stages", []) or []:
             sd = as_dict(s)
+            if sd.get("skipped"):
+                continue
+            reason = str(sd.get("reason", ""))
+            if not sd.get("ok") and sd.get("details"):
+                reason += "\n" + "\n".join(str(x) for x in sd["details"])
             stage_list.append(
                 StageVerdict(
                     stage=str(sd.get("stage", sd.get("name", ""))),
                     ok=bool(sd.get("ok")),
-                    reason=str(sd.get("reason", ""))[:2000],
-                    seconds=float(sd.get("seconds", 0.0) or 0.0),
+                    reason=reason[:2500],
+                    seconds=float(sd.get("duration_s", sd.get("seconds", 0.0)) or 0.0),
                 )
             )
         failed = next((s for s in stage_list if not s.ok), None)
         out = VerifyOutcome(
             ok=bool(v.ok),
             stage="" if v.ok else (failed.stage if failed else str(getattr(v, "stage", "") or "")),
-            reason="" if v.ok else str(getattr(v, "reason", "") or (failed.reason if failed else ""))[:3000],
+            reason="" if v.ok else (failed.reason if failed else str(getattr(v, "reason", "") or ""))[:3000],
             stages=stage_list,
             digest=d,
             name=ops_name(source) or "",
@@ -438,3 +478,97 @@ def register_sched_tools(kernel: Any, box: SchedToolbox, *, vm_timeout: float = 
         tm.register(fn, owner="sched_ext", **opts)
         names.append(fn.__name__)
     return names
+
+
+class StressResult(BaseModel):
+    """The final candidate's stress validation: did it stay enabled under a heavy mix for the whole run?"""
+
+    ok: bool
+    reason: str = ""
+    seconds: float = 0.0
+    enabled_samples: int = 0
+    total_samples: int = 0
+    stressors: str = ""
+    exits: list[str] = Field(default_factory=list)
+
+
+#: The stress mix: CPU hogs, context-switch storms, fork/exit churn, pipes and yields at once, so
+#: every scheduler callback runs constantly (mature schedulers have stalled only under such load).
+STRESS_MIX = "--cpu 2 --switch 1 --fork 1 --pipe 1 --yield 1"
+
+
+def stress_script(seconds: int, stressors: str = STRESS_MIX) -> str:
+    """Guest job: register the scheduler, run the stress mix, sample ``state`` every second, unload."""
+    return f"""
+state() {{ cat /sys/kernel/sched_ext/state 2>/dev/null; }}
+LINK=/sys/fs/bpf/aios_stress; mkdir -p $LINK
+dmesg -c > /dev/null 2>&1
+if ! bpftool struct_ops register /aios/stress.bpf.o $LINK > /tmp/reg.txt 2>&1 || [ "$(state)" != enabled ]; then
+  aios_emit register /tmp/reg.txt
+  aios_result "{{\\"kind\\":\\"stress\\",\\"loaded\\":false,\\"state\\":\\"$(state)\\"}}"
+  dmesg > /tmp/dm.txt; aios_emit dmesg /tmp/dm.txt; exit 0
+fi
+stress-ng {stressors} --timeout {seconds}s > /tmp/sng.txt 2>&1 &
+SNG=$!
+t=0; on=0; n=0
+while [ $t -lt {seconds} ]; do
+  sleep 1; t=$((t+1)); n=$((n+1))
+  [ "$(state)" = enabled ] && on=$((on+1))
+done
+wait $SNG; rc=$?
+after=$(state)
+rm -rf $LINK
+k=0; while [ "$(state)" != disabled ] && [ $k -lt 50 ]; do sleep 0.1; k=$((k+1)); done
+aios_result "{{\\"kind\\":\\"stress\\",\\"loaded\\":true,\\"samples\\":$n,\\"enabled\\":$on,\\"rc\\":$rc,\\"after\\":\\"$after\\",\\"unloaded\\":\\"$(state)\\"}}"
+aios_emit stressng /tmp/sng.txt
+dmesg > /tmp/dm.txt; aios_emit dmesg /tmp/dm.txt
+exit 0
+"""
+
+
+def stress_in_vm(obj: Path, seconds: float, vm: Any) -> StressResult:
+    """Run the stress mix for ``seconds`` under a verified scheduler object in the micro-VM.
+
+    The object's watchdog (``timeout_ms``) is set to 5 s first, as in the verifier's dynamic
+    stage, so a stall shows up as an ejection within the run instead of after 30 s.
+    """
+    from aios.sched_ext.build import patch_struct_ops_field
+    from aios.sched_ext.loader import parse_exits
+
+    secs = max(1, int(round(seconds)))
+    data = patch_struct_ops_field(Path(obj).read_bytes(), "timeout_ms", 5000)
+    t0 = time.time()
+    res = vm.run(stress_script(secs), files={"/aios/stress.bpf.o": data}, timeout_s=secs * 3 + 120)
+    took = time.time() - t0
+    rows = res.results_of("stress")
+    exits = [e for e in parse_exits(res.blobs.get("dmesg", "")) if e.action == "disabled"]
+    bad = [e for e in exits if e.kind != "unregistered"]
+    exit_lines = [f"{e.name}: {e.reason}" for e in exits]
+    if not rows:
+        return StressResult(
+            ok=False, reason=f"stress run did not report: {res.describe_failure()}", seconds=took
+        )
+    r = rows[-1]
+    if not r.get("loaded"):
+        return StressResult(
+            ok=False, reason=f"did not load: {res.blobs.get('register', '')[-300:]}", seconds=took
+        )
+    n, on = int(r.get("samples", 0)), int(r.get("enabled", 0))
+    problems = []
+    if bad:
+        problems.append(f"ejected by the kernel: {bad[0].reason}")
+    if on < n or r.get("after") != "enabled":
+        problems.append(f"enabled in {on}/{n} one-second samples (state after: {r.get('after')})")
+    if r.get("unloaded") != "disabled":
+        problems.append(f"did not unload cleanly (state {r.get('unloaded')})")
+    if res.kernel_problem:
+        problems.append(f"guest kernel problem: {res.kernel_problem}")
+    return StressResult(
+        ok=not problems,
+        reason="; ".join(problems) or f"stayed enabled for {n} s of stress-ng {STRESS_MIX}",
+        seconds=took,
+        enabled_samples=on,
+        total_samples=n,
+        stressors=STRESS_MIX,
+        exits=exit_lines,
+    )
