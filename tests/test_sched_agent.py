@@ -119,16 +119,12 @@ class FakeBackend:
 
     def verify(self, path: Path, stages: str) -> Any:
         src = path.read_text()
-        if self.real_compile:
-            from aios.sched_ext.build import compile_bpf
+        if self.real_compile:  # the real verifier's host stages (compile + static checks)
+            from aios.sched_ext.verifier import verify
 
-            res = compile_bpf(path)
-            if not res.ok:
-                return SimpleNamespace(
-                    ok=False,
-                    reason=res.summary(),
-                    stages=[{"stage": "compile", "ok": False, "reason": res.summary()}],
-                )
+            res = verify(path, stop_after="static")
+            if not res.ok or stages == "static":
+                return res
         reason = self.reject(src)
         if reason:
             return SimpleNamespace(
