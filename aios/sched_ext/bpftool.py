@@ -148,8 +148,8 @@ def parse_map_dump(text: str) -> list[dict]:
     """Entries of ``bpftool -j map dump``; with BTF each has ``key``/``value`` as typed JSON.
 
     Global-data maps (``.bss``/``.data``) come back as one entry whose
-    ``formatted.value`` is a ``{"datasec": [{"name":..., "value":...}]}``-like
-    document; ``datasec_values`` flattens it.
+    ``formatted.value`` is ``{".bss": [{"nr_enq": 52}, ...]}``;
+    ``datasec_values`` flattens it.
     """
     data = _json(text)
     return data if isinstance(data, list) else [data]
@@ -162,6 +162,8 @@ def datasec_values(entries: list[dict]) -> dict[str, Any]:
         val = e.get("formatted", e).get("value", e.get("value"))
         if isinstance(val, dict) and isinstance(val.get("datasec"), list):
             val = val["datasec"]
+        if isinstance(val, dict) and len(val) == 1 and next(iter(val)).startswith("."):
+            val = next(iter(val.values()))  # {".bss": [{"nr_enq": 52}, ...]} (bpftool 7.x)
         if isinstance(val, dict) and "vars" in val:
             val = val["vars"]
         if isinstance(val, list):

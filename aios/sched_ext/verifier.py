@@ -20,6 +20,7 @@ Public API::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -167,7 +168,7 @@ while [ $i -lt {n} ]; do
   hb=$(cat /tmp/hb.rc 2>/dev/null || echo -1)
   aios_result "{{\\"kind\\":\\"smoke\\",\\"i\\":$i,\\"spinners\\":$spins,\\"sleepers\\":$sleeps,\\"hackbench_rc\\":$hb,\\"expected\\":$expect,\\"t0\\":$t0,\\"t1\\":$t1}}"
   st "state_after_$i"
-  bpftool map show 2>/dev/null | sed -n 's/^\\([0-9]*\\): .* name \\([^ ]*\\.\\(bss\\|data\\)\\) .*/\\1/p' > /tmp/ids
+  bpftool map show 2>/dev/null | awk -F: '/ name [^ ]*\\.(bss|data) /{{print $1}}' > /tmp/ids
   for id in $(cat /tmp/ids); do bpftool -j map dump id $id > /tmp/m.json 2>&1; aios_emit "map_${{i}}_$id" /tmp/m.json; done
   rm -f $LINK/*; rmdir $LINK 2>/dev/null
   n=0; while [ $n -lt 50 ]; do s=$(cat /sys/kernel/sched_ext/state); [ "$s" = disabled ] && break; sleep 0.1; n=$((n+1)); done
@@ -307,6 +308,7 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
             continue
         vr.object_path = b.object_path
         obj = b.object_path.read_bytes()
+        vr.facts["object_sha256"] = hashlib.sha256(obj).hexdigest()  # host mode loads only these bytes
         v, rep = _stage_static(source, obj, setup)
         vr.stages.append(v)
         vr.ops_name = next(iter(rep.ops_names.values()), "")
