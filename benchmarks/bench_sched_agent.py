@@ -1,0 +1,461 @@
+"""Sched-agent benchmark: goal inference, optimization vs EEVDF and the best seed, cost, head-to-head.
+
+Why: issue 6's evaluation.  Everything runs on one aios kernel with the embedded SmolLM2 (or
+``--model``) and the real sched_ext toolchain in the 2-vCPU qemu micro-VM:
+
+1. Goal inference on the 8 labelled batch workload types (40 tasks, 39 short + 1 long): the
+   agent's observation + planning steps (cheap profile tier, then the LLM constrained to the
+   goal list) — accuracy against the registry's labels.
+2. Optimization: for each workload the sched-agent runs its loop (compose mode), then ONE boot
+   measures EEVDF, every seed scheduler and the agent's final scheduler, interleaved, repeated —
+   so "agent vs EEVDF" and "agent vs best seed" come from the same boot.
+3. Cost: wall time, LLM tokens, verification runs per workload ($0: local model).
+4. Head-to-head on the schbench-like p99 run in the scx-forge default shape (4 message threads).
+
+Outputs ``benchmarks/results/sched_agent.{json,md,png}``.
+
+    python benchmarks/bench_sched_agent.py                       # full run (~30-50 min under TCG)
+    python benchmarks/bench_sched_agent.py --workloads batch --iterations 3 --skip-h2h
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BATCH_TYPES = [
+    "batch-compress",
+    "batch-checksum",
+    "batch-sort",
+    "batch-logscan",
+    "batch-index",
+    "batch-compile",
+    "batch-map",
+    "batch-pipeline",
+]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------ parts
+
+
+def goal_inference(kernel: Any, workloads: list[str]) -> dict[str, Any]:
+    """Observation + planning's goal step for each labelled workload, as an agent's syscalls."""
+    from aios.agents.sched_agent import GOALS, infer_goal
+    from aios.sched_ext.workloads import get_workload
+    from aios.sdk.calls import tool_call
+    from aios.sdk.runtime import agent_context, chat
+
+    rows = []
+    with agent_context(kernel, "goal-eval"):
+        for name in workloads:
+            w = get_workload(name)
+            t0 = time.time()
+            prof = tool_call("sched_profile", {"workload": name, "tier": "summary"}, timeout=1800)["result"]
+            t_prof = time.time() - t0
+            tokens = {"prompt": 0, "completion": 0}
+
+            def ask(prompt: str, choices: list[str], tokens: dict[str, int] = tokens) -> str:
+                res = chat([{"role": "user", "content": prompt}], choices=choices, max_new_tokens=16)
+                tokens["prompt"] += res.response.prompt_tokens
+                tokens["completion"] += res.response.completion_tokens
+                return res.text
+
+            t1 = time.time()
+            goal = infer_goal(ask, name, None, prof)
+            rows.append(
+                {
+                    "workload": name,
+                    "label": str(w.goal),
+                    "inferred": GOALS[goal],
+                    "correct": GOALS[goal] == str(w.goal),
+                    "profile_s": round(t_prof, 1),
+                    "llm_s": round(time.time() - t1, 1),
+                    "tokens": tokens,
+                    "profile_text": prof.get("text", "")[:400],
+                }
+            )
+            log(
+                f"goal {name}: label {w.goal} inferred {GOALS[goal]} {'OK' if rows[-1]['correct'] else 'MISS'}"
+            )
+    acc = sum(r["correct"] for r in rows) / max(1, len(rows))
+    return {"accuracy": acc, "rows": rows}
+
+
+def verified_seeds(box: Any) -> dict[str, Any]:
+    """Verify every seed scheduler once (one boot) so they may be measured."""
+    from aios.sched_ext.tools import SCHEDULERS_DIR
+
+    out = {}
+    for p in sorted(SCHEDULERS_DIR.glob("*.bpf.c")):
+        src = p.read_text()
+        v = box.verify(src)
+        if v["ok"]:
+            out[p.name.removesuffix(".bpf.c")] = src
+        else:
+            log(f"seed {p.name} failed verification: {v['stage']}: {v['reason'][:200]}")
+    return out
+
+
+def final_comparison(
+    box: Any, workload: str, seeds: dict[str, str], agent_src: str | None, reps: int
+) -> dict:
+    """One boot: EEVDF, every seed, and the agent's final scheduler, interleaved, ``reps`` times."""
+    from aios.sched_ext.measure import VerifiedObject
+    from aios.sched_ext.tools import digest
+
+    objs = []
+    for name, src in seeds.items():
+        objs.append(VerifiedObject(name, box.source_path(src), box.objects[digest(src)]))
+    if agent_src is not None:
+        objs.append(VerifiedObject("agent", box.source_path(agent_src), box.objects[digest(agent_src)]))
+    from aios.sched_ext.tools import LoadRecord, ops_name
+
+    for o in objs:  # every one of them passed all verifier stages in this toolbox (asserted)
+        src = Path(o.source).read_text()
+        assert box.fully_verified(src)
+        box.loads.append(LoadRecord(digest(src), ops_name(src) or "", "vm-measure", True))
+    results = box.backend.measure_objects(objs, workload, reps)
+    out = {}
+    for r in results:
+        metrics = {
+            k: {
+                "eevdf": m.baseline.mean,
+                "sched": m.candidate.mean,
+                "improvement": m.improvement,
+                "paired_min": m.paired_improvement.min,
+                "paired_max": m.paired_improvement.max,
+                "better": m.better,
+            }
+            for k, m in r.metrics.items()
+        }
+        out[r.scheduler] = {
+            "improvement": r.improvement,
+            "primary_metric": r.primary_metric,
+            "stayed_enabled": r.stayed_enabled,
+            "metrics": metrics,
+        }
+    return out
+
+
+def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, seeds: dict[str, str]) -> dict:
+    from aios.agents.sched_agent import Budget, OptimizeReport, OptimizeTask, SchedAgent
+
+    lines: list[str] = []
+
+    def progress(line: str) -> None:
+        lines.append(line)
+        log(f"  {workload}: {line}")
+
+    task = OptimizeTask(
+        workload=workload,
+        mode="compose",
+        budget=Budget(iterations=args.iterations, time_s=args.time_budget),
+        reps=args.reps,
+        stress_s=args.stress_seconds,
+        seeds=args.seeds,
+    )
+    agent = SchedAgent(name=f"sched-agent-{workload}", progress=progress)
+    t0 = time.time()
+    run = agent.start(kernel, task)
+    if not run.ok:
+        return {"workload": workload, "error": run.error, "progress": lines}
+    report = OptimizeReport.model_validate(run.output)
+    log(f"{workload}: agent done in {time.time() - t0:.0f}s: winner {report.winner}")
+    t1 = time.time()
+    final = final_comparison(
+        box, workload, seeds, report.winner_source if report.accepted else None, args.final_reps
+    )
+    compare_s = time.time() - t1
+    prim = next(iter(final.values()))["primary_metric"]
+    best_seed = max(seeds, key=lambda s: final[s]["improvement"]) if seeds else None
+    agent_final = final.get("agent")
+    agent_imp = agent_final["improvement"] if agent_final else 1.0  # kept EEVDF: 1.0x by definition
+    row = {
+        "workload": workload,
+        "goal": report.goal,
+        "metric": report.metric,
+        "primary_metric": prim,
+        "winner": report.winner,
+        "accepted": report.accepted,
+        "loop_improvement": report.improvement,
+        "loop_spread": report.spread,
+        "agent_vs_eevdf": agent_imp,
+        "best_seed": best_seed,
+        "best_seed_vs_eevdf": final[best_seed]["improvement"] if best_seed else None,
+        "agent_vs_best_seed": agent_imp / final[best_seed]["improvement"] if best_seed else None,
+        "final": final,
+        "iterations": [it.model_dump() for it in report.iterations],
+        "stress": report.stress,
+        "stop_reason": report.stop_reason,
+        "cost": report.cost.model_dump(),
+        "final_compare_s": round(compare_s, 1),
+        "winner_source": report.winner_source,
+        "progress": lines,
+    }
+    if agent_final and "requests_per_s" in agent_final["metrics"]:
+        row["agent_throughput_vs_eevdf"] = agent_final["metrics"]["requests_per_s"]["improvement"]
+    if best_seed and "requests_per_s" in final[best_seed]["metrics"]:
+        row["best_seed_throughput_vs_eevdf"] = final[best_seed]["metrics"]["requests_per_s"]["improvement"]
+    return row
+
+
+# ------------------------------------------------------------------------------------ output
+
+
+def fmt(x: Any, suffix: str = "x") -> str:
+    return "-" if x is None else f"{x:.2f}{suffix}"
+
+
+def write_outputs(data: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sched_agent.json").write_text(json.dumps(data, indent=1, default=str))
+    md = [
+        f"# sched-agent benchmark ({data['model']}, {data['device']})",
+        "",
+        f"Date: {data['date']}. Total wall time {data['wall_s'] / 60:.1f} min. Improvements are "
+        '"times better than EEVDF" in the metric\'s direction (>1 = better), from one boot per workload '
+        "with EEVDF, every seed and the agent's final scheduler interleaved.",
+        "",
+    ]
+    g = data.get("goal_inference")
+    if g:
+        md += [
+            f"## Goal inference: {g['accuracy']:.0%} ({sum(r['correct'] for r in g['rows'])}/{len(g['rows'])})",
+            "",
+            "| workload | label | inferred | ok | profile s | LLM s |",
+            "|---|---|---|---|---|---|",
+        ]
+        md += [
+            f"| {r['workload']} | {r['label']} | {r['inferred']} | {'yes' if r['correct'] else 'no'} | "
+            f"{r['profile_s']} | {r['llm_s']} |"
+            for r in g["rows"]
+        ]
+        md.append("")
+    opt = data.get("optimization", [])
+    if opt:
+        md += [
+            "## Optimization (agent's final scheduler vs EEVDF and vs the best seed, same boot)",
+            "",
+            "| workload | goal metric | winner | agent vs EEVDF | best seed | best seed vs EEVDF | agent vs best seed "
+            "| loop gain ± spread | stop |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in opt:
+            if "error" in r:
+                md.append(f"| {r['workload']} | error: {r['error'][:80]} |")
+                continue
+            spread = f" ± {r['loop_spread']:.0%}" if r.get("loop_spread") is not None else ""
+            md.append(
+                f"| {r['workload']} | {r['primary_metric']} | {r['winner']} | {fmt(r['agent_vs_eevdf'])} | "
+                f"{r['best_seed']} | {fmt(r['best_seed_vs_eevdf'])} | {fmt(r['agent_vs_best_seed'])} | "
+                f"{r['loop_improvement']:+.0%}{spread} | {r['stop_reason']} |"
+            )
+        md += ["", "### Per-iteration progress", ""]
+        for r in opt:
+            if "error" in r:
+                continue
+            md += [
+                f"**{r['workload']}**",
+                "",
+                "| # | candidate | origin | verdict | metric vs EEVDF |",
+                "|---|---|---|---|---|",
+            ]
+            for it in r["iterations"]:
+                v = (
+                    "ok"
+                    if it["verdict"]["ok"]
+                    else f"rejected at {it['verdict']['stage']}: {it['verdict']['reason'][:60]}"
+                )
+                m = (
+                    "-"
+                    if it["improvement"] is None
+                    else (f"{it['candidate']:.4g} vs {it['baseline']:.4g} ({it['improvement']:+.1%})")
+                )
+                md.append(f"| {it['index']} | {it['name']} | {it['origin']} | {v} | {m} |")
+            md.append("")
+        md += [
+            "## Cost per optimized workload ($0: local model)",
+            "",
+            "| workload | wall min | LLM calls | tokens (prompt+completion) | verification runs | measurements | "
+            "stress s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in opt:
+            if "error" in r:
+                continue
+            c = r["cost"]
+            stress_s = (r.get("stress") or {}).get("seconds")
+            md.append(
+                f"| {r['workload']} | {c['wall_s'] / 60:.1f} | {c['llm_calls']} | "
+                f"{c['prompt_tokens'] + c['completion_tokens']} | {c['verify_runs']} | {c['measure_runs']} | "
+                f"{'-' if stress_s is None else f'{stress_s:.0f}'} |"
+            )
+        md.append("")
+    h2h = data.get("head_to_head")
+    if h2h and "error" not in h2h:
+        md += [
+            "## Head-to-head: schbench-like p99 wake-up latency, scx-forge default shape (4 message threads)",
+            "",
+            "| scheduler | p99 wake-up us | vs EEVDF | requests/s vs EEVDF |",
+            "|---|---|---|---|",
+        ]
+        fin = h2h["final"]
+        any_m = next(iter(fin.values()))["metrics"]
+        md.append(f"| EEVDF | {any_m['p99_wakeup_us']['eevdf']:.0f} | 1.00x | 1.00x |")
+        for name in (["agent"] if "agent" in fin else []) + [h2h["best_seed"]]:
+            m = fin[name]["metrics"]
+            md.append(
+                f"| {name if name != 'agent' else 'agent: ' + h2h['winner']} | {m['p99_wakeup_us']['sched']:.0f} | "
+                f"{m['p99_wakeup_us']['improvement']:.2f}x | {m.get('requests_per_s', {}).get('improvement', float('nan')):.2f}x |"
+            )
+        if "agent" not in fin:
+            md.append(f"| agent (kept EEVDF) | {any_m['p99_wakeup_us']['eevdf']:.0f} | 1.00x | 1.00x |")
+        md.append("")
+    md += [
+        "## Safety",
+        "",
+        f"Programs loaded outside the verifier: {data['safety']['loads']}; all passed every "
+        f"verifier stage: {data['safety']['all_verified']}. Verification runs: {data['safety']['verify_runs']} "
+        f"({data['safety']['rejected']} rejected, each with its reason in the JSON).",
+        "",
+    ]
+    if data.get("notes"):
+        md += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
+    (out / "sched_agent.md").write_text("\n".join(md))
+    plot(data, out / "sched_agent.png")
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data.get("optimization", []) if "error" not in r]
+    h2h = data.get("head_to_head")
+    if h2h and "error" not in h2h:
+        rows = rows + [dict(h2h, workload=h2h["workload"] + " (h2h)")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    if rows:
+        names = [r["workload"] for r in rows]
+        x = range(len(names))
+        axes[0].bar([i - 0.2 for i in x], [r["agent_vs_eevdf"] for r in rows], 0.4, label="sched-agent")
+        axes[0].bar(
+            [i + 0.2 for i in x], [r["best_seed_vs_eevdf"] or 0 for r in rows], 0.4, label="best seed"
+        )
+        axes[0].axhline(1.0, color="k", lw=1, ls="--", label="EEVDF")
+        axes[0].set_xticks(list(x), names, rotation=20)
+        axes[0].set_ylabel("times better than EEVDF (goal metric)")
+        axes[0].set_title("Optimization (same boot, interleaved reps)")
+        axes[0].legend()
+    g = data.get("goal_inference")
+    if g:
+        names = [r["workload"].removeprefix("batch-") for r in g["rows"]]
+        axes[1].bar(
+            names,
+            [1 if r["correct"] else 0 for r in g["rows"]],
+            color=["tab:green" if r["correct"] else "tab:red" for r in g["rows"]],
+        )
+        axes[1].set_ylim(0, 1.2)
+        axes[1].set_title(f"Goal inference: {g['accuracy']:.0%} correct")
+        axes[1].tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--workloads", default="batch,schbench", help="optimized workloads (comma-separated)")
+    ap.add_argument("--h2h", default="schbench-forge", help="head-to-head workload ('' to skip)")
+    ap.add_argument("--skip-h2h", action="store_true")
+    ap.add_argument("--skip-goal", action="store_true")
+    ap.add_argument("--goal-workloads", default=",".join(BATCH_TYPES))
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=2, help="repetitions per measurement inside the loop")
+    ap.add_argument("--final-reps", type=int, default=3, help="repetitions of the final same-boot comparison")
+    ap.add_argument("--stress-seconds", type=float, default=60.0)
+    ap.add_argument(
+        "--time-budget", type=float, default=1200.0, help="per-workload wall-time budget of the loop"
+    )
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", action="append", default=[])
+    args = ap.parse_args()
+
+    import tempfile
+
+    from aios.kernel.embedding import MiniLMEmbedder
+    from aios.kernel.kernel import Kernel
+    from aios.sched_ext.tools import SchedToolbox, ToolchainBackend, register_sched_tools
+
+    t_all = time.time()
+    work = Path(tempfile.mkdtemp(prefix="bench-sched-agent-"))
+    backend = ToolchainBackend(repository_path=work / "repo", embedder=MiniLMEmbedder())
+    box = SchedToolbox(backend=backend, workdir=work / "programs")
+    data: dict[str, Any] = {
+        "model": args.model,
+        "device": "2-vCPU qemu TCG micro-VM (guest kernel 7.2, sched_ext)",
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "args": vars(args),
+        "notes": list(args.note),
+    }
+    with Kernel(model=args.model, embedder="hash", data_dir=work / "data") as kernel:
+        register_sched_tools(kernel, box)
+        for name in (
+            "goal-eval",
+            *[f"sched-agent-{w}" for w in args.workloads.split(",")],
+            "sched-agent-h2h",
+        ):
+            kernel.modules["access"].set_group(name, "admin")
+        if not args.skip_goal:
+            log("goal inference")
+            data["goal_inference"] = goal_inference(kernel, [w for w in args.goal_workloads.split(",") if w])
+            write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, Path(args.out))
+        log("verifying the seed schedulers")
+        seeds = verified_seeds(box)
+        data["optimization"] = []
+        for w in [w for w in args.workloads.split(",") if w]:
+            log(f"optimizing {w}")
+            data["optimization"].append(optimize(kernel, box, w, args, seeds))
+            write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, Path(args.out))
+        if args.h2h and not args.skip_h2h:
+            log(f"head-to-head on {args.h2h}")
+            data["head_to_head"] = optimize(kernel, box, args.h2h, args, seeds)
+    data["wall_s"] = time.time() - t_all
+    data["safety"] = safety(box)
+    write_outputs(data, Path(args.out))
+    log(f"done in {data['wall_s'] / 60:.1f} min; results in {args.out}/sched_agent.*")
+    return 0
+
+
+def safety(box: Any) -> dict[str, Any]:
+    passed = {v.digest for v in box.verify_runs if v.ok and v.scope == "all"}
+    return {
+        "loads": len(box.loads),
+        "all_verified": all(r.verified and r.digest in passed for r in box.loads),
+        "verify_runs": len(box.verify_runs),
+        "rejected": sum(not v.ok for v in box.verify_runs),
+        "rejections": [
+            {"name": v.name, "stage": v.stage, "reason": v.reason[:300]} for v in box.verify_runs if not v.ok
+        ],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
