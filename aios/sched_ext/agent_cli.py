@@ -54,10 +54,14 @@ def add_optimize_subcommand(sched_subparsers: Any) -> argparse.ArgumentParser:
     p = sched_subparsers.add_parser(
         "optimize",
         help="let the sched-agent synthesize, verify and measure a scheduler for a workload",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description="The sched-agent observes the workload in the micro-VM, infers the goal, then proposes, "
+        "verifies (all stages) and measures candidate schedulers against EEVDF until gains flatten or the "
+        "budget is spent. It keeps EEVDF unless a candidate wins beyond its spread and survives a stress run.",
     )
     p.add_argument(
-        "--workload", required=True, help="a registered guest workload (see `aios sched workloads`)"
+        "--workload",
+        required=True,
+        help="a registered guest workload, e.g. batch, schbench, build, batch-sort, cyclictest",
     )
     p.add_argument("--goal", default=None, help="your goal in words; the agent maps it to one it can measure")
     p.add_argument(

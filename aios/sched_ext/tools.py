@@ -398,8 +398,8 @@ def host_deploy_problem() -> str:
         return "host deployment needs root (run as root, or leave out --deploy: the winner stays in the micro-VM)"
     if not Path("/sys/kernel/sched_ext/state").exists():
         return (
-            "this host kernel has no sched_ext (no /sys/kernel/sched_ext): host deployment is impossible; "
-            "the winner was verified and measured in the micro-VM only"
+            "this host kernel has no sched_ext (no /sys/kernel/sched_ext), so nothing can be loaded on it; "
+            "leave out --deploy: the winner is verified and measured in the micro-VM"
         )
     return ""
 
