@@ -21,6 +21,7 @@ import hashlib
 import math
 import re
 import threading
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -46,9 +47,13 @@ class MiniLMEmbedder:
         self.batch_size = batch_size
         self._model = model  # an already loaded SentenceTransformer may be handed in
         self._load_lock = threading.Lock()
-        # SentenceTransformer.encode is not documented as thread-safe; one call at a time is
-        # cheap (ms per sentence) and keeps outputs deterministic.
-        self._encode_lock = threading.Lock()
+        # One encode at a time (SentenceTransformer.encode is not documented as thread-safe), but
+        # callers that arrive while it runs are batched into the next one: on a CPU, one batch of
+        # 32 sentences costs a fraction of 32 single calls, so concurrent agents share the cost.
+        self._cv = threading.Condition()
+        self._pending: list[_Request] = []
+        self._busy = False
+        self.batches = 0
 
     @property
     def dim(self) -> int:
@@ -70,15 +75,52 @@ class MiniLMEmbedder:
         if not texts:
             return []
         model = self._get_model()
-        with self._encode_lock:
+        me = _Request(list(texts))
+        with self._cv:
+            self._pending.append(me)
+            while not me.done and self._busy:
+                self._cv.wait()
+            if me.done:
+                return me.result()
+            self._busy = True  # this caller encodes everything queued so far, itself included
+            batch, self._pending = self._pending, []
+        try:
+            flat = [t for r in batch for t in r.texts]
             vecs = model.encode(
-                list(texts),
+                flat,
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        return [[float(x) for x in v] for v in vecs]
+            rows = [[float(x) for x in v] for v in vecs]
+            i = 0
+            for r in batch:
+                r.vectors, i = rows[i : i + len(r.texts)], i + len(r.texts)
+        except BaseException as exc:  # every caller in the batch gets the error, none hangs
+            for r in batch:
+                r.error = exc
+        finally:
+            with self._cv:
+                for r in batch:
+                    r.done = True
+                self._busy = False
+                self.batches += 1
+                self._cv.notify_all()
+        return me.result()
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    vectors: list[list[float]] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+    def result(self) -> list[list[float]]:
+        if self.error is not None:
+            raise self.error
+        return self.vectors
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
