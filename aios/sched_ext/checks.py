@@ -194,6 +194,7 @@ def _calls(elf: ElfObject) -> tuple[set[int], set[str]]:
     """Helper ids and kfunc names called from the program sections."""
     helpers: set[int] = set()
     kfuncs: set[str] = set()
+    undefined = {s.name for s in elf.symbols if s.shndx == 0 and s.name}
     for sec in elf.sections:
         if not (sec.flags & 0x4) or sec.size == 0:  # SHF_EXECINSTR
             continue
@@ -203,10 +204,14 @@ def _calls(elf: ElfObject) -> tuple[set[int], set[str]]:
             if opcode != 0x85:
                 continue
             src = regs >> 4
-            if src == 0:
+            if off in relocs:
+                # clang emits extern (kfunc) calls as relocated pseudo calls; defined targets are subprograms
+                if relocs[off] in undefined:
+                    kfuncs.add(relocs[off])
+            elif src == 0:
                 helpers.add(imm)
-            elif src == 2 or (off in relocs and src != 1):
-                kfuncs.add(relocs.get(off, f"#{imm}"))
+            elif src == 2:
+                kfuncs.add(f"#{imm}")
     return helpers, kfuncs
 
 

@@ -315,8 +315,7 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
         vr.facts.update(kfuncs_used=rep.kfuncs_used, tunables=rep.tunables)
         vr.total_s = round(time.monotonic() - t0, 2)
         if not v.ok or stop_after in ("compile", "static"):
-            _skip_rest(vr, "static")
-            vr.ok = v.ok and stop_after == "static"
+            _skip_rest(vr, "static", "" if not v.ok else "not run (--stop-after)")
             continue
         try:
             obj = patch_struct_ops_field(obj, "timeout_ms", watchdog_ms, setup)
@@ -329,16 +328,16 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
         vm = vm or MicroVM(setup)
         _run_guest(pending, vm, vm_timeout_s, retry=True)
     for vr in results:
-        vr.ok = all(v.ok or v.skipped for v in vr.stages) and not any(v.skipped for v in vr.stages) or (
-            vr.ok and stop_after is not None)
+        ran_ok = all(v.ok for v in vr.stages if not v.skipped)
+        vr.ok = ran_ok and (stop_after is not None or not any(v.skipped for v in vr.stages))
     if len(results) == 1:
         results[0].total_s = round(time.monotonic() - t_all, 2)
     return results
 
 
-def _skip_rest(vr: VerifyResult, after: str) -> None:
+def _skip_rest(vr: VerifyResult, after: str, reason: str = "") -> None:
     for st in STAGES[STAGES.index(after) + 1:]:
-        vr.stages.append(Verdict(stage=st, ok=False, skipped=True, reason=f"not run ({after} did not pass)"))
+        vr.stages.append(Verdict(stage=st, ok=False, skipped=True, reason=reason or f"not run ({after} did not pass)"))
 
 
 def _run_guest(pending: list[tuple[VerifyResult, bytes]], vm: MicroVM, timeout_s: float | None, retry: bool) -> None:
