@@ -30,6 +30,7 @@ Ties break by arrival, so every policy is deterministic for a given arrival orde
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from aios.kernel.sequence import SeqStatus, Sequence
@@ -69,7 +70,9 @@ class RoundRobin(Policy):
         self.quantum = quantum
 
     def key(self, seq: Sequence, now: float) -> tuple:
-        return (seq.ready_since, seq.seq_id)
+        # a ticket, not a timestamp: sequences whose slices expire in the same step queue up in
+        # batch order behind everyone already waiting (timestamps would tie and favour low ids)
+        return (seq.ready_order,)
 
     def expired(self, seq: Sequence) -> bool:
         return seq.quantum_used >= self.quantum
@@ -167,10 +170,12 @@ class Scheduler:
         self.max_tokens = max_tokens
         self.ready: list[Sequence] = []  # WAITING or SUSPENDED
         self.running: list[Sequence] = []
+        self._tickets = itertools.count()
 
     # -- queue changes -----------------------------------------------------------------------------
     def add(self, seq: Sequence, now: float) -> None:
         seq.ready_since = now
+        seq.ready_order = next(self._tickets)
         self.policy.on_add(seq)
         self.ready.append(seq)
 
@@ -256,6 +261,7 @@ class Scheduler:
 
     def _to_ready(self, seq: Sequence, now: float) -> None:
         seq.ready_since = now
+        seq.ready_order = next(self._tickets)
         self.ready.append(seq)
 
     def _to_running(self, seq: Sequence, now: float) -> None:

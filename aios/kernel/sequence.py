@@ -63,7 +63,8 @@ class Sequence:
     snapshot: Snapshot | None = None
 
     # scheduling bookkeeping
-    ready_since: float = 0.0  # when it last entered the ready queue (RR order, priority aging)
+    ready_since: float = 0.0  # when it last entered the ready queue (priority aging)
+    ready_order: int = 0  # ticket taken when it last entered the ready queue (round-robin order)
     waited: float = 0.0  # total seconds spent in the ready queue (priority aging)
     quantum_used: int = 0  # tokens generated since it last got the CPU
     preemptions: int = 0
