@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Host packages aios needs: clang/llvm to build BPF, qemu for the micro-VM, bpftool to dump
-# vmlinux.h, busybox for the guest's shell, libbpf for the host-mode loader.
+# Host packages aios needs: clang/llvm to build BPF, gcc for the static guest workloads, qemu for the
+# micro-VM, bpftool to dump vmlinux.h, libbpf for the host-mode loader, the archive keyring for the
+# private apt configuration that fetches guest packages (never installed on the host).
 # Idempotent: installs only what is missing (and runs `apt-get update` only then).
 set -euo pipefail
-pkgs=(clang llvm qemu-system-x86 bpftool busybox-static libbpf1 zstd cpio)
+pkgs=(clang llvm binutils gcc qemu-system-x86 bpftool libbpf1 zstd cpio debian-archive-keyring)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
