@@ -66,13 +66,17 @@ def verify_seeds(out_dir: Path) -> tuple[list[VerifiedObject], dict]:
     return objs, costs
 
 
-def run(workloads: list[str], reps: int, batch_reps: int) -> dict:
+def run(workloads: list[str], reps: int, batch_reps: int, merge: bool = False) -> dict:
+    """Verify the seeds, then measure them on ``workloads``; ``merge`` keeps other workloads' rows."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS / ".objs"
     tmp.mkdir(exist_ok=True)
     objs, costs = verify_seeds(tmp)
     data: dict = {"host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "schedulers": [o.name for o in objs], "verification": costs, "workloads": {}}
+    old = RESULTS / "sched_seeds.json"
+    if merge and old.is_file():
+        data["workloads"] = json.loads(old.read_text()).get("workloads", {})
     for wl in tqdm(workloads, desc="workloads", unit="wl"):
         w = get_workload(wl)
         r = batch_reps if wl.startswith("batch-") else reps
@@ -182,8 +186,9 @@ def main() -> None:
     ap.add_argument("--batch-reps", type=int, default=1, help="reps for the 8 batch-* types")
     ap.add_argument("--workloads", default=",".join(MAIN_WORKLOADS + sorted(
         w for w in WORKLOADS if w.startswith("batch-"))))
+    ap.add_argument("--merge", action="store_true", help="keep results of workloads not re-run")
     a = ap.parse_args()
-    run([w for w in a.workloads.split(",") if w], a.reps, a.batch_reps)
+    run([w for w in a.workloads.split(",") if w], a.reps, a.batch_reps, a.merge)
 
 
 if __name__ == "__main__":

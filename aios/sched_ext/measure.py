@@ -197,7 +197,8 @@ def measure_objects(objects: Sequence[VerifiedObject], workload: str | Workload,
     if timeout_s is None:
         timeout_s = 60 + (1 + reps * (1 + len(objects))) * (w.approx_guest_s * 4 + 3)
     t0 = time.monotonic()
-    res = vm.run(guest_script(w, names, reps), files=files, timeout_s=timeout_s)
+    kw = {"tools": True} if w.guest_tools else {}  # stress-ng etc. live in the tools archive
+    res = vm.run(guest_script(w, names, reps), files=files, timeout_s=timeout_s, **kw)
     if not res.ok:
         raise MeasureError(f"measurement VM failed: {res.describe_failure()}\n{res.output[-1500:]}")
     runs: dict[str, list[dict[str, float]]] = {n: [] for n in ["eevdf", *names]}

@@ -259,7 +259,8 @@ def profile(workload: str | Workload, tier: Tier = "summary", vm: Any = None) ->
         vm = MicroVM()
     files: dict[str, Any] = dict(guest_files(w))
     files["/aios/wl_cmd.sh"] = w.command + "\n"
-    res = vm.run(guest_script(w, tier), files=files, timeout_s=90 + w.approx_guest_s * 8)
+    kw = {"tools": True} if (w.guest_tools or tier == "trace") else {}
+    res = vm.run(guest_script(w, tier), files=files, timeout_s=90 + w.approx_guest_s * 8, **kw)
     if not res.ok or "samples" not in res.blobs:
         raise RuntimeError(f"profiling {w.name} failed: {res.describe_failure()} {res.output[-800:]}")
     try:

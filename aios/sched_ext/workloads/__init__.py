@@ -190,11 +190,11 @@ def _registry() -> dict[str, Workload]:
         approx_guest_s=3.0)
     wl["hackbench"] = Workload(
         name="hackbench", goal=Goal.MAX_THROUGHPUT, primary_metric="time_s",
-        description="hackbench: 4 groups of 20 senders and 20 receivers exchanging messages over sockets "
+        description="hackbench: 2 groups of 20 senders and 20 receivers exchanging messages over sockets "
                     "(wake-up heavy). Minimize completion time (maximize message throughput).",
         metrics=[Metric(name="time_s", unit="s", better="lower")],
-        command="hackbench -g 4 -l 40 2>&1", parser="hackbench", guest_tools=["hackbench"],
-        tags=["throughput", "wakeup", "ipc", "rt-tests"], approx_guest_s=2.0)
+        command="hackbench -g 2 -l 10 2>&1", parser="hackbench", guest_tools=["hackbench"],
+        tags=["throughput", "wakeup", "ipc", "rt-tests"], approx_guest_s=4.0)
     wl["stressng-mix"] = Workload(
         name="stressng-mix", goal=Goal.MAX_THROUGHPUT, primary_metric="cpu_ops_per_s",
         description="stress-ng mix: 2 CPU stressors with 2 context-switch stressors for 3 s. Maximize "
