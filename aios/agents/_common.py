@@ -165,10 +165,10 @@ class Services:
         if ok:
             self.used["calculator"] = "kernel"
             value = out.get("result", out) if isinstance(out, dict) else out
-            try:
-                return float(value) if not isinstance(value, int) else value
-            except (TypeError, ValueError):
-                return safe_eval(expression)
+            if isinstance(value, int | float):
+                return value
+            exact = safe_eval(str(value))  # sympy's exact form, e.g. "7/2"
+            return exact if exact is not None else safe_eval(expression)
         self.used["calculator"] = "local"
         return safe_eval(expression)
 

@@ -32,4 +32,5 @@ class NarrativeAgent(ExampleAgent):
             self.ask(SYSTEM, f"Give a title of at most six words for this story:\n{story[:600]}", tokens=12),
             limit=80,
         ).strip("\"'*# ")
-        return {"title": title or topic.capitalize(), "outline": outline, "story": story}
+        title = title or topic.capitalize()
+        return {"title": title, "outline": outline, "story": story, "summary": f"{title}: {story[:60]}"}

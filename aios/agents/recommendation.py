@@ -1,7 +1,8 @@
 """Recommendation agent: restaurant picks from preferences kept in memory and storage.
 
-Run flow: the new request is remembered (memory manager) and the user's profile is updated in
-storage, so preferences accumulate across runs of the same agent on the same kernel. The model
+Run flow: the new request is remembered (memory manager: short-term, freed when the run ends)
+and appended to the user's profile in storage (durable), so preferences accumulate across runs
+of the same agent on the same kernel. The model
 (1) turns request plus recalled preferences into keywords, the agent scores the local restaurant
 data set on them (deterministic: the model cannot invent a restaurant), and the model (2) writes
 the recommendation for the top candidates.
@@ -41,9 +42,13 @@ class RecommendationAgent(ExampleAgent):
     def run(self, task: Any = None) -> dict[str, Any]:
         request = self.task_or_default(task)
         svc = Services()
-        past = svc.recall(request, k=3)
+        # short-term memory (this run's session) and the durable profile from earlier runs
+        past = [p.removeprefix("preference: ") for p in svc.recall(request, k=3)]
+        stored = svc.load("profile")
+        if stored:
+            past = [*stored.split(" | "), *past]
         svc.remember(f"preference: {request}")
-        profile = " | ".join(dict.fromkeys([*(p.removeprefix("preference: ") for p in past), request]))
+        profile = " | ".join(dict.fromkeys([*past, request]))
         svc.store("profile", profile[-2000:])
 
         extracted = self.ask(
