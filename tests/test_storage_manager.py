@@ -190,3 +190,19 @@ def test_retrieval_minilm(kernel):
     st = kernel.modules["storage"]
     assert st.retrieve("alice", "when must I file taxes", 1) == ["The income tax return is due on April 15."]
     assert st.retrieve("bob", "when must I file taxes", 3) == []  # retrieval stays in the caller's namespace
+
+
+def test_llm_retrieval_uses_only_the_callers_items(tiny_kernel):
+    k = tiny_kernel
+    k.modules["storage"].embedder = aios.kernel.embedding.HashEmbedder()
+    assert k._llm.retriever == k.modules["storage"].retrieve  # wired by the kernel's managers
+    with aios.agent_context(k, "alice"):
+        aios.storage_put("a1", "alice keeps the launch codes in the blue folder")
+        aios.storage_put("a2", "alice's meeting is on friday")
+        plain = aios.chat("where are the launch codes", max_new_tokens=2).response.prompt_tokens
+        rag = aios.chat("where are the launch codes", max_new_tokens=2, retrieve_k=2).response.prompt_tokens
+        assert rag > plain  # the items were placed in the context
+    with aios.agent_context(k, "mallory"):
+        plain = aios.chat("where are the launch codes", max_new_tokens=2).response.prompt_tokens
+        rag = aios.chat("where are the launch codes", max_new_tokens=2, retrieve_k=5).response.prompt_tokens
+        assert rag == plain  # nothing of alice's reaches mallory's prompt
