@@ -410,3 +410,28 @@ def test_write_mode_with_recorded_double_repairs_from_compiler_feedback(tmp_path
     static_fail = [v for v in box.verify_runs if not v.ok]
     assert static_fail and static_fail[0].stage == "compile"
     _assert_safe(box, backend)
+
+
+def test_real_backend_repository_search_and_record(tmp_path):
+    """The real backend's repository side (no VM): search returns sources, results are recorded."""
+    from aios.kernel.embedding import HashEmbedder
+    from aios.sched_ext.tools import ToolchainBackend
+
+    backend = ToolchainBackend(repository_path=tmp_path / "repo", embedder=HashEmbedder(64))
+    box = SchedToolbox(backend=backend, workdir=tmp_path / "work")
+    hits = box.search("minimize mean completion time of batch jobs with one long job", k=3)
+    assert len(hits) == 3 and all(h["source"] and "struct_ops" in h["source"] for h in hits)
+    assert all(isinstance(v, (int, float)) for h in hits for v in h["tunables"].values())
+    src = hits[0]["source"]
+    rec = {
+        "verdict": {"ok": True},
+        "improvement": 0.2,
+        "metric": "mean_completion_ms",
+        "baseline": 10.0,
+        "candidate": 8.3,
+        "origin": "compose",
+    }
+    assert box.record("cmp_test", src, "a test candidate", "batch", rec)["recorded"]
+    assert not box.record("cmp_bad", src, "rejected", "batch", {"verdict": {"ok": False}})["recorded"]
+    res = backend.repository().results(workload="batch")
+    assert len(res) == 1 and res[0].improvement == pytest.approx(1.2)

@@ -126,9 +126,7 @@ class ToolchainBackend:
             if self._repo is None:
                 from aios.sched_ext.repository import PolicyRepository
 
-                self._repo = PolicyRepository(
-                    **({"path": self.cache_dir / "repository"} if self.cache_dir else {})
-                )
+                self._repo = PolicyRepository(path=self.repository_path, embedder=self.embedder)
             return self._repo
 
     def verify(self, path: Path, stages: str) -> Any:
