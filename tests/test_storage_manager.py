@@ -206,3 +206,27 @@ def test_llm_retrieval_uses_only_the_callers_items(tiny_kernel):
         plain = aios.chat("where are the launch codes", max_new_tokens=2).response.prompt_tokens
         rag = aios.chat("where are the launch codes", max_new_tokens=2, retrieve_k=5).response.prompt_tokens
         assert rag == plain  # nothing of alice's reaches mallory's prompt
+
+
+def test_concurrent_puts_group_commit(tmp_path):
+    import threading
+
+    s = StorageManager(tmp_path / "g", embedder=aios.kernel.embedding.HashEmbedder())
+    errors = []
+
+    def writer(t: int) -> None:
+        try:
+            for j in range(10):
+                assert s.put("a", f"k{j % 4}", f"writer {t} write {j}")["content"] == f"writer {t} write {j}"
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    ths = [threading.Thread(target=writer, args=(t,)) for t in range(16)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert errors == []
+    assert sum(s.get("a", f"k{j}")["version"] for j in range(4)) == 160  # every write counted once
+    assert s.consistency()["consistent"]
+    s.close()

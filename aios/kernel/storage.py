@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
@@ -163,6 +164,26 @@ def unpack_vector(b: bytes | None) -> list[float] | None:
     return None if b is None else list(struct.unpack(f"<{len(b) // 4}f", b))
 
 
+@dataclass
+class _Write:
+    """One queued put: in by the caller, out (``item`` or ``error``) from the batch writer."""
+
+    agent: str
+    key: str
+    content: str
+    metadata: str
+    vec: list[float]
+    row: Any = None
+    item: dict[str, Any] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+    def result(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return self.item
+
+
 class StorageManager:
     """Durable per-agent items, files and logs, with a chromadb index kept consistent with SQLite."""
 
@@ -194,6 +215,9 @@ class StorageManager:
         self._collection: Any = None  # opened (and reconciled) at first use
         self._client: Any = None
         self.last_reconcile: dict[str, int] | None = None
+        self._wcv = threading.Condition()  # group commit of puts (see ``put``)
+        self._wqueue: list[_Write] = []
+        self._writing = False
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -316,28 +340,64 @@ class StorageManager:
     def put(
         self, agent: str, key: str, content: str, metadata: dict[str, MetaValue] | None = None
     ) -> dict[str, Any]:
-        """Insert or replace ``key``; returns once SQLite has it on disk and the index has it."""
+        """Insert or replace ``key``; returns once SQLite has it on disk and the index has it.
+
+        Group commit: puts that arrive while another batch is being written wait and are then
+        written together, in one transaction (one fsync) and one index upsert. Each caller is
+        acknowledged only after its batch is durable and indexed; a failed batch fails all of
+        its callers and writes none of them.
+        """
         if len(content.encode()) > MAX_CONTENT:
             raise StorageError(f"item is larger than {MAX_CONTENT} bytes")
         col = self._index()
         vec = self.embedder.embed([content])[0]  # before the transaction: a failure writes nothing
+        me = _Write(agent, key, content, json.dumps(metadata or {}), vec)
+        with self._wcv:
+            self._wqueue.append(me)
+            while not me.done and self._writing:
+                self._wcv.wait()
+            if me.done:
+                return me.result()
+            self._writing = True  # this caller writes everything queued so far, itself included
+            batch, self._wqueue = self._wqueue, []
+        try:
+            self._write_batch(col, batch)
+        except BaseException as exc:
+            for w in batch:
+                w.error = exc
+        finally:
+            with self._wcv:
+                for w in batch:
+                    w.done = True
+                self._writing = False
+                self._wcv.notify_all()
+        return me.result()
+
+    def _write_batch(self, col: Any, batch: list[_Write]) -> None:
         now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO items (agent, key, content, metadata, version, created, updated) "
-                "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (agent, key) DO UPDATE SET "
-                "content = excluded.content, metadata = excluded.metadata, version = items.version + 1, "
-                "updated = excluded.updated",
-                (agent, key, content, json.dumps(metadata or {}), now, now),
-            )
-            row = db.execute("SELECT * FROM items WHERE agent = ? AND key = ?", (agent, key)).fetchone()
-        with self._lock:  # under the lock so the index sees versions in commit order
+        with self._lock:  # SQLite commit and index upsert in one hold: the index sees commit order
+            with self._tx() as db:
+                for w in batch:
+                    db.execute(
+                        "INSERT INTO items (agent, key, content, metadata, version, created, updated) "
+                        "VALUES (?, ?, ?, ?, 1, ?, ?) ON CONFLICT (agent, key) DO UPDATE SET "
+                        "content = excluded.content, metadata = excluded.metadata, "
+                        "version = items.version + 1, updated = excluded.updated",
+                        (w.agent, w.key, w.content, w.metadata, now, now),
+                    )
+                    w.row = db.execute(
+                        "SELECT * FROM items WHERE agent = ? AND key = ?", (w.agent, w.key)
+                    ).fetchone()
+            latest = {w.row["id"]: w for w in batch}  # the same key twice: the last write wins
             col.upsert(
-                ids=[str(row["id"])],
-                embeddings=[vec],
-                metadatas=[{"agent": agent, "key": key, "version": row["version"]}],
+                ids=[str(i) for i in latest],
+                embeddings=[w.vec for w in latest.values()],
+                metadatas=[
+                    {"agent": w.agent, "key": w.key, "version": w.row["version"]} for w in latest.values()
+                ],
             )
-        return self._item(row)
+        for w in batch:
+            w.item = self._item(w.row)
 
     def get(self, agent: str, key: str) -> dict[str, Any]:
         rows = self._query("SELECT * FROM items WHERE agent = ? AND key = ?", (agent, key))
@@ -347,12 +407,12 @@ class StorageManager:
 
     def delete(self, agent: str, key: str) -> bool:
         col = self._index()
-        with self._tx() as db:
-            row = db.execute("SELECT id FROM items WHERE agent = ? AND key = ?", (agent, key)).fetchone()
-            if row is None:
-                raise NotFound(f"no item {key!r}")
-            db.execute("DELETE FROM items WHERE id = ?", (row["id"],))
         with self._lock:
+            with self._tx() as db:
+                row = db.execute("SELECT id FROM items WHERE agent = ? AND key = ?", (agent, key)).fetchone()
+                if row is None:
+                    raise NotFound(f"no item {key!r}")
+                db.execute("DELETE FROM items WHERE id = ?", (row["id"],))
             col.delete(ids=[str(row["id"])])
         return True
 
