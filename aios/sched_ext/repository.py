@@ -23,6 +23,7 @@ Public API::
     repo.record_result(result: MeasureResult | ResultRecord) -> int
     repo.results(scheduler=None, workload=None) -> list[ResultRecord]
     repo.best_for(workload, metric=None, k=5) -> list[RankedPolicy] # by measured improvement
+    repo.import_benchmark(path) -> int             # results of benchmarks/sched_seeds.py
 """
 
 from __future__ import annotations
@@ -348,6 +349,22 @@ class PolicyRepository:
             else:
                 cur.runs += 1
         return sorted(ranked.values(), key=lambda p: -p.improvement)[:k]
+
+    def import_benchmark(self, path: Path | str) -> int:
+        """Record every result of a ``benchmarks/sched_seeds.py`` JSON file (skips ones already stored)."""
+        from .measure import MeasureResult
+
+        data = json.loads(Path(path).read_text())
+        seen = {(r.scheduler, r.workload, r.date) for r in self.results()}
+        n = 0
+        for entry in data.get("workloads", {}).values():
+            for raw in entry.get("results", []):
+                res = MeasureResult.model_validate(raw)
+                if (res.scheduler, res.workload, res.date) in seen:
+                    continue
+                self.record_result(res)
+                n += 1
+        return n
 
     def close(self) -> None:
         with self._lock:
