@@ -217,3 +217,14 @@ def test_tools_per_group(kernel):
         aios.grant("tool", "python", "execute", to="visitor")
     with aios.agent_context(kernel, "visitor"):
         assert aios.tool_call("python", {"code": "print(1)"})["result"]["stdout"] == "1\n"
+
+
+def test_run_tool_calls_from_model_text(kernel):
+    text = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>'
+    with aios.agent_context(kernel, "alice"):
+        msgs = aios.run_tool_calls(text)
+        assert msgs[0]["role"] == "tool" and msgs[0]["content"] == "5"
+        bad = aios.run_tool_calls(
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "1/0 +"}}</tool_call>'
+        )
+        assert "ToolError" in bad[0]["content"]  # the model gets the error, the agent carries on

@@ -185,14 +185,20 @@ def tool_call(
     return _tool(op="call", name=name, arguments=arguments or {}, timeout=timeout)
 
 
-def run_tool_calls(tool_calls: list[ToolCall]) -> list[dict[str, Any]]:
+def run_tool_calls(tool_calls: list[ToolCall] | str) -> list[dict[str, Any]]:
     """Run the tool calls a model asked for; returns the ``tool`` messages to send back.
 
-    A failing call becomes an error message for the model instead of an exception, so the agent
-    can let the model recover.
+    Takes the parsed calls (``ChatResult.response.tool_calls``) or the model's raw text, parsed
+    with the engine's ``parse_tool_calls`` (a malformed call raises its ``ToolCallError``). A failing
+    call becomes an error message for the model instead of an exception, so the agent can let
+    the model recover.
     """
     from aios.kernel.syscall import SyscallFailed
 
+    if isinstance(tool_calls, str):
+        from aios.kernel.tool_calls import parse_tool_calls
+
+        tool_calls = parse_tool_calls(tool_calls)
     out = []
     for tc in tool_calls:
         try:
