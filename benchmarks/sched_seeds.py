@@ -34,33 +34,22 @@ RESULTS = ROOT / "benchmarks" / "results"
 MAIN_WORKLOADS = ["batch", "schbench", "build", "cyclictest", "hackbench", "stressng-mix"]
 
 
-def verify_seeds(out_dir: Path) -> tuple[list[VerifiedObject], dict]:
+def verify_seeds() -> tuple[list[VerifiedObject], dict]:
     """Run the staged verifier on every seed; return the passing objects and the cost of a pass."""
     objs: list[VerifiedObject] = []
     costs: dict = {"per_scheduler": {}}
-    try:
-        from aios.sched_ext import verifier
-    except ImportError:
-        verifier = None
+    from aios.sched_ext import verifier
+
     for src in tqdm(sorted(SCHED_DIR.glob("*.bpf.c")), desc="verify", unit="sched"):
         name = src.name.removesuffix(".bpf.c")
         t0 = time.monotonic()
-        if verifier is not None:
-            verdict = verifier.verify(src)
-            ok = bool(getattr(verdict, "ok", False))
-            obj = getattr(verdict, "object_path", None)
-            stages = {s.stage: round(s.duration_s, 2) for s in getattr(verdict, "stages", [])
-                      if hasattr(s, "stage") and hasattr(s, "duration_s")}
-            mode = "staged verifier"
-        else:  # fallback while the verifier module is absent: compile only, reported as such
-            from aios.sched_ext.build import compile_bpf
-
-            res = compile_bpf(src, out=out_dir / f"{name}.bpf.o")
-            ok, obj, stages, mode = res.ok, res.object_path, {"compile": round(res.duration_s, 2)}, "compile only"
+        verdict = verifier.verify(src)  # one full pass: compile, static, kernel verifier, dynamic
         dt = time.monotonic() - t0
-        costs["per_scheduler"][name] = {"ok": ok, "seconds": round(dt, 2), "stages": stages, "mode": mode}
-        if ok and obj:
-            objs.append(VerifiedObject(name, src, Path(obj)))
+        stages = {v.stage: round(v.duration_s, 2) for v in verdict.stages}
+        costs["per_scheduler"][name] = {"ok": verdict.ok, "seconds": round(dt, 2), "stages": stages,
+                                        "mode": "staged verifier (one micro-VM boot per pass)"}
+        if verdict.ok:
+            objs.append(VerifiedObject.from_verdict(name, verdict))
     secs = [c["seconds"] for c in costs["per_scheduler"].values()]
     costs["mean_seconds_per_pass"] = round(sum(secs) / max(1, len(secs)), 2)
     return objs, costs
@@ -69,9 +58,7 @@ def verify_seeds(out_dir: Path) -> tuple[list[VerifiedObject], dict]:
 def run(workloads: list[str], reps: int, batch_reps: int, merge: bool = False) -> dict:
     """Verify the seeds, then measure them on ``workloads``; ``merge`` keeps other workloads' rows."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / ".objs"
-    tmp.mkdir(exist_ok=True)
-    objs, costs = verify_seeds(tmp)
+    objs, costs = verify_seeds()
     data: dict = {"host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "schedulers": [o.name for o in objs], "verification": costs, "workloads": {}}
     old = RESULTS / "sched_seeds.json"

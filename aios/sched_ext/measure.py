@@ -13,7 +13,7 @@ Public API::
 
     measure(source_path, workload, reps=3, *, verdict=None, vm=None, progress=True) -> MeasureResult
     measure_objects(objects: Sequence[VerifiedObject], workload, reps=3, *, vm=None) -> list[MeasureResult]
-    VerifiedObject(name, source, obj)       # a compiled object whose verdict passed
+    VerifiedObject(name, source, obj, verdict) / VerifiedObject.from_verdict(name, verify_result)
     MeasureResult, MetricComparison, Stats  (pydantic)
 
 Ratios: ``ratio = candidate_mean / baseline_mean``; ``improvement`` is "how many times better" in
@@ -99,11 +99,20 @@ class MeasureResult(BaseModel):
 
 @dataclass(frozen=True)
 class VerifiedObject:
-    """A compiled scheduler object whose staged verification passed (``name`` labels results)."""
+    """A compiled scheduler object and the verdict that let it through (``name`` labels results).
+
+    ``verdict`` is the staged verifier's result (anything with ``ok`` true); ``measure_objects``
+    refuses objects without a passing one, so nothing unverified reaches even the guest.
+    """
 
     name: str
     source: Path
     obj: Path
+    verdict: Any = None
+
+    @classmethod
+    def from_verdict(cls, name: str, verdict: Any) -> VerifiedObject:
+        return cls(name, Path(verdict.source), _verify(Path(verdict.source), verdict), verdict)
 
 
 def _improvement(base: float, cand: float, better: str) -> float:
@@ -187,6 +196,9 @@ def measure_objects(objects: Sequence[VerifiedObject], workload: str | Workload,
         from .vm import MicroVM
 
         vm = MicroVM()
+    unverified = [o.name for o in objects if not bool(getattr(o.verdict, "ok", False))]
+    if unverified:
+        raise MeasureError(f"refusing to load unverified schedulers: {unverified}")
     names = [o.name for o in objects]
     if len(set(names)) != len(names) or any(not n.replace("_", "").isalnum() for n in names):
         raise MeasureError(f"scheduler labels must be unique identifiers: {names}")
@@ -242,13 +254,9 @@ def measure_objects(objects: Sequence[VerifiedObject], workload: str | Workload,
 def _verify(source: Path, verdict: Any) -> Path:
     """Return the compiled object of a scheduler that passed every verifier stage.
 
-    A ``verdict`` from the staged verifier may be handed in (so callers that already verified do not
-    pay twice); otherwise the verifier is run here. Anything not passing raises ``MeasureError``.
+    ``verdict`` is the staged verifier's result for ``source``; anything not passing raises
+    ``MeasureError``.
     """
-    if verdict is None:
-        from . import verifier
-
-        verdict = verifier.verify(source)
     ok = bool(getattr(verdict, "ok", False))
     obj = getattr(verdict, "object_path", None) or getattr(verdict, "obj", None)
     if not ok:
@@ -264,12 +272,16 @@ def measure(source_path: str | Path, workload: str, reps: int = 3, *, verdict: A
     """Verify ``source_path`` (unless ``verdict`` passed) and measure it against EEVDF on ``workload``."""
     src = Path(source_path)
     w = get_workload(workload)
+    if verdict is None:
+        from . import verifier
+
+        verdict = verifier.verify(src)
     obj = _verify(src, verdict)
     label = name or src.name.removesuffix(".bpf.c").replace("-", "_").replace(".", "_")
     if progress:
         print(f"measuring {label} vs EEVDF on {w.name}: {reps} reps (~{w.approx_guest_s * reps * 2:.0f}s in guest)",
               flush=True)
-    return measure_objects([VerifiedObject(label, src, obj)], w, reps, vm=vm)[0]
+    return measure_objects([VerifiedObject(label, src, obj, verdict)], w, reps, vm=vm)[0]
 
 
 def to_json(results: Sequence[MeasureResult]) -> str:
