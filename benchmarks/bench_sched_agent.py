@@ -149,6 +149,16 @@ def final_comparison(
     return out
 
 
+#: What the user says when asking for an optimization (the agent maps it to a goal it can measure).
+USER_GOALS = {
+    "batch": "make the average job completion time lower",
+    "schbench": "lower the p99 wake-up latency",
+    "schbench-forge": "lower the p99 wake-up latency",
+    "build": "shorter makespan for the whole build",
+    "cyclictest": "lower the p99 wake-up latency",
+}
+
+
 def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, seeds: dict[str, str]) -> dict:
     from aios.agents.sched_agent import Budget, OptimizeReport, OptimizeTask, SchedAgent
 
@@ -160,6 +170,7 @@ def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, see
 
     task = OptimizeTask(
         workload=workload,
+        goal=USER_GOALS.get(workload),
         mode="compose",
         budget=Budget(iterations=args.iterations, time_s=args.time_budget),
         reps=args.reps,
@@ -184,6 +195,7 @@ def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, see
     agent_imp = agent_final["improvement"] if agent_final else 1.0  # kept EEVDF: 1.0x by definition
     row = {
         "workload": workload,
+        "user_goal": USER_GOALS.get(workload),
         "goal": report.goal,
         "metric": report.metric,
         "primary_metric": prim,

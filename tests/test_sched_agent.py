@@ -349,14 +349,25 @@ def test_unverified_program_is_refused(tmp_path):
 
 
 def test_goal_inference_maps_free_text_and_constrains():
+    from aios.agents.sched_agent import GOAL_LABELS, explicit_goal
+
     seen = []
 
     def ask(prompt: str, choices: list[str]) -> str:
-        seen.append(choices)
-        return "I think: Minimize makespan please"
+        seen.append((prompt, choices))
+        return "I think: makespan please"
 
-    assert infer_goal(ask, "batch-sort", "make the merge start sooner", {}) == "minimize makespan"
-    assert seen[0] == list(GOALS)
+    # no explicit goal: the model is asked, constrained to the labels; free text is still mapped
+    assert infer_goal(ask, "batch-sort", None, {"text": "40 tasks"}) == "minimize makespan"
+    prompt, choices = seen[0]
+    assert choices == list(GOAL_LABELS) and set(GOAL_LABELS.values()) == set(GOALS)
+    assert "Sort 40 data shards" in prompt and "Observed: 40 tasks" in prompt and prompt.endswith("Goal:")
+    # a goal the user names outright is taken as said (no LLM call)
+    assert (
+        infer_goal(ask, "batch", "lower the p99 wake-up latency please", {}) == "minimize p99 wake-up latency"
+    )
+    assert explicit_goal("make the average job finish sooner") == "minimize mean completion time"
+    assert explicit_goal("go faster") is None and len(seen) == 1
 
 
 def test_tunables_and_code_extraction():

@@ -647,33 +647,101 @@ def _matches(c: Composition, chosen: dict[str, str]) -> bool:
     return all(str(d[k]) == v for k, v in chosen.items())
 
 
+#: Short labels the model answers with (distinct first tokens), mapped to ``GOALS`` phrases.
+
+
+GOAL_LABELS: dict[str, str] = {
+    "makespan": "minimize makespan",
+    "mean completion time": "minimize mean completion time",
+    "throughput": "maximize throughput",
+    "p99 latency": "minimize p99 wake-up latency",
+}
+#: Worked examples for the goal prompt (none of them is an evaluation workload): a small model
+#: follows examples far better than instructions.
+GOAL_SHOTS: list[tuple[str, str]] = [
+    (
+        "Render 30 video segments (one is much longer); the film is published only after every segment "
+        "is rendered.",
+        "makespan",
+    ),
+    (
+        "Resize 60 user photos (one is huge); each user sees their own photo as soon as it is resized.",
+        "mean completion time",
+    ),
+    (
+        "A web server's message threads wake worker threads for each request; users notice slow replies.",
+        "p99 latency",
+    ),
+    (
+        "Stream records through filter and encode stages; the score is records handled per second.",
+        "throughput",
+    ),
+    (
+        "Run 50 test files (one is slow); the release is tagged only when all test files have passed.",
+        "makespan",
+    ),
+    (
+        "Transcode 25 uploaded clips; every uploader is notified the moment their own clip is done.",
+        "mean completion time",
+    ),
+    (
+        "A message broker moves events from producers to consumers; it is rated in events per second.",
+        "throughput",
+    ),
+    ("A game loop wakes 8 threads every frame; a thread that wakes late drops a frame.", "p99 latency"),
+]
+#: Words by which a user names a goal outright (then no inference is needed).
+_EXPLICIT: list[tuple[tuple[str, ...], str]] = [
+    (("p99", "tail latency", "wake-up latency", "wakeup latency", "latency"), "minimize p99 wake-up latency"),
+    (("makespan", "last job", "whole batch", "all jobs finish", "all of them finish"), "minimize makespan"),
+    (
+        ("mean completion", "average completion", "average job", "mean job", "each job finish"),
+        "minimize mean completion time",
+    ),
+    (("throughput", "per second", "requests/s", "ops/s"), "maximize throughput"),
+]
+
+
+def explicit_goal(user_goal: str | None) -> str | None:
+    """The goal the user named outright (``--goal "lower p99 latency"``), else None."""
+    low = (user_goal or "").lower()
+    for words, goal in _EXPLICIT:
+        if any(w in low for w in words):
+            return goal
+    return None
+
+
+def goal_prompt(request: str, profile_text: str = "") -> str:
+    """The few-shot goal prompt: worked examples, then the user's request and the observed profile."""
+    head = (
+        "For each workload, name what its user waits for: makespan, mean completion time, throughput "
+        "or p99 latency.\n\n"
+    )
+    shots = "".join(f"Workload: {d}\nGoal: {g}\n\n" for d, g in GOAL_SHOTS)
+    observed = f" Observed: {profile_text}" if profile_text else ""
+    return head + shots + f"Workload: {request}{observed}\nGoal:"
+
+
 def infer_goal(
     ask: Callable[[str, list[str]], str], workload: str, user_goal: str | None, profile: dict[str, Any]
 ) -> str:
-    """Ask the model for one goal of ``GOALS`` given the user's words and the profile.
+    """One goal of ``GOALS`` from the user's words and the profile.
 
-    ``ask(prompt, choices)`` is an LLM call constrained to ``choices``; anything else it returns
-    (a model without constrained decoding) is mapped to the first goal it mentions.
+    A goal the user named outright is taken as said.  Otherwise the model is asked —
+    ``ask(prompt, choices)`` is an LLM call constrained to ``choices``, so the answer is always a
+    valid label; an unconstrained model's free text is mapped to the first label it mentions.
     """
-    goals = list(GOALS)
+    named = explicit_goal(user_goal)
+    if named is not None:
+        return named
     wl = _workload(workload)
-    desc = profile.get("description") or (wl.description if wl is not None else "")
-    prompt = (
-        "You tune a Linux CPU scheduler. Pick the optimization goal.\n"
-        "Hints: servers and request/response or message-passing programs care about p99 wake-up "
-        "latency; a set of jobs where the whole batch must finish cares about makespan; many "
-        "independent jobs whose users wait for each one care about mean completion time; "
-        "streams of work care about throughput.\n"
-        f"Workload: {workload}. {desc}\n"
-        f"User request: {user_goal or 'make it faster'}\n"
-        f"Profile: {_fmt_profile(profile, 600)}\n"
-        "Goal:"
-    )
-    answer = ask(prompt, goals).strip()
-    if answer in GOALS:
-        return answer
+    request = user_goal or profile.get("description") or (wl.description if wl is not None else workload)
+    shape = _fmt_profile(profile, 240) if profile.get("text") else ""
+    answer = ask(goal_prompt(request, shape), list(GOAL_LABELS)).strip()
+    if answer in GOAL_LABELS:
+        return GOAL_LABELS[answer]
     low = answer.lower()
-    for g in goals:
-        if g in low or g.split()[-1] in low:
-            return g
-    return goals[0]
+    for label, goal in GOAL_LABELS.items():
+        if label in low or goal in low:
+            return goal
+    return GOAL_LABELS["makespan"]
