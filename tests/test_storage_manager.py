@@ -230,3 +230,26 @@ def test_concurrent_puts_group_commit(tmp_path):
     assert sum(s.get("a", f"k{j}")["version"] for j in range(4)) == 160  # every write counted once
     assert s.consistency()["consistent"]
     s.close()
+
+
+def test_lazily_built_llm_core_gets_the_retriever(tmp_path, monkeypatch):
+    import aios.kernel.llm as llm
+
+    class Core:  # stands in for the engine: only the hook matters here
+        retriever = None
+
+        def add(self, syscall): ...
+        def step(self):
+            return False
+
+        def has_work(self):
+            return False
+
+        def close(self): ...
+
+    monkeypatch.setattr(llm, "build_llm_core", lambda config: Core())
+    k = make_kernel(tmp_path)
+    try:
+        assert k.llm.retriever == k.modules["storage"].retrieve
+    finally:
+        k.shutdown()

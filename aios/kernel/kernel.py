@@ -134,6 +134,9 @@ class Kernel:
                 from aios.kernel.llm import build_llm_core
 
                 self._llm = build_llm_core(self.config)
+                from aios.kernel.managers import wire_llm
+
+                wire_llm(self, self._llm)  # retrieval for LLM syscalls (retrieve_k) from storage
             if self._llm_thread is None and not self._stop:
                 self._llm_thread = threading.Thread(target=self._llm_loop, name="aios-llm", daemon=True)
                 self._llm_thread.start()

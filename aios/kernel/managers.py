@@ -49,12 +49,19 @@ def install_managers(kernel: Any) -> None:
     # memory before storage in shutdown order (the kernel closes modules in insertion order);
     # storage closes its SQLite and index; access closes the audit log last.
     kernel.modules.update(memory=memory, tools=tools, storage=storage, access=access)
-    # LLM syscalls with retrieve_k > 0: the engine asks ``retriever(agent, query, k)``, which
-    # searches only that agent's own namespace. A core handed to the kernel (``llm=``) exists
-    # now; one the kernel builds lazily (``Kernel.llm``) needs the same line after it is built.
-    core = getattr(kernel, "_llm", None)
-    if core is not None and getattr(core, "retriever", False) is None:
+    core = getattr(kernel, "_llm", None)  # a core handed to the kernel (``llm=``) exists already
+    if core is not None:
+        wire_llm(kernel, core)
+
+
+def wire_llm(kernel: Any, core: Any) -> None:
+    """Serve LLM syscalls' ``retrieve_k``: the engine calls ``retriever(agent, query, k)``, which
+    searches only that agent's own namespace. Called at install time for a core given to the
+    kernel, and by ``Kernel.llm`` for one it builds lazily. A core that has its own retriever, or
+    no such hook (a remote backend), is left alone."""
+    storage = kernel.modules.get("storage")
+    if storage is not None and hasattr(core, "retriever") and core.retriever is None:
         core.retriever = storage.retrieve
 
 
-__all__ = ["install_managers", "Tool"]
+__all__ = ["Tool", "install_managers", "wire_llm"]
