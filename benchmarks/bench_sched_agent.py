@@ -94,17 +94,16 @@ def goal_inference(kernel: Any, workloads: list[str]) -> dict[str, Any]:
 
 
 def verified_seeds(box: Any) -> dict[str, Any]:
-    """Verify every seed scheduler once (one boot) so they may be measured."""
+    """Verify every seed scheduler (one boot for all) so they may be measured."""
     from aios.sched_ext.tools import SCHEDULERS_DIR
 
+    srcs = {p.name.removesuffix(".bpf.c"): p.read_text() for p in sorted(SCHEDULERS_DIR.glob("*.bpf.c"))}
     out = {}
-    for p in sorted(SCHEDULERS_DIR.glob("*.bpf.c")):
-        src = p.read_text()
-        v = box.verify(src)
+    for (name, src), v in zip(srcs.items(), box.verify_batch(list(srcs.values())), strict=True):
         if v["ok"]:
-            out[p.name.removesuffix(".bpf.c")] = src
+            out[name] = src
         else:
-            log(f"seed {p.name} failed verification: {v['stage']}: {v['reason'][:200]}")
+            log(f"seed {name} failed verification: {v['stage']}: {v['reason'][:200]}")
     return out
 
 

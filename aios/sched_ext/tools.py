@@ -136,6 +136,11 @@ class ToolchainBackend:
             return verifier.verify(path, stages=("compile", "static"))
         return verifier.verify(path, **self._vm_kw())
 
+    def verify_many(self, paths: list[Path]) -> list[Any]:
+        from aios.sched_ext import verifier
+
+        return verifier.verify_many(paths, **self._vm_kw())
+
     def measure_objects(self, objects: list[Any], workload: str, reps: int) -> list[Any]:
         from aios.sched_ext.measure import measure_objects
 
@@ -297,8 +302,20 @@ class SchedToolbox:
         cached = self.verdicts.get(d)
         if cached is not None and (cached.scope == "all" or stages == "static" or not cached.ok):
             return cached.model_dump()
-        path = self.source_path(source)
-        v = self.backend.verify(path, stages)
+        v = self.backend.verify(self.source_path(source), stages)
+        return self._record_verdict(source, v, stages).model_dump()
+
+    def verify_batch(self, sources: list[str]) -> list[dict[str, Any]]:
+        """Verify several programs, sharing one micro-VM boot for the kernel stages (benchmarks)."""
+        todo = [s for s in sources if not self.fully_verified(s)]
+        if todo:
+            results = self.backend.verify_many([self.source_path(s) for s in todo])
+            for src, v in zip(todo, results, strict=True):
+                self._record_verdict(src, v, "all")
+        return [self.verdicts[digest(s)].model_dump() for s in sources]
+
+    def _record_verdict(self, source: str, v: Any, stages: Literal["all", "static"]) -> VerifyOutcome:
+        d = digest(source)
         stage_list = []
         for s in getattr(v, "stages", []) or []:
             sd = as_dict(s)
@@ -330,7 +347,7 @@ class SchedToolbox:
             self.objects[d] = Path(obj)
         self.verdicts[d] = out
         self.verify_runs.append(out)
-        return out.model_dump()
+        return out
 
     # -- measurement and validation -------------------------------------------------------------------
     def label(self, source: str) -> str:
