@@ -1,0 +1,58 @@
+"""Shared helpers for the LLM-core benchmarks: model loading, prompts, result files, machine info."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+TOPICS = [
+    "a robot who learns to paint", "a lighthouse keeper", "a dragon who is afraid of fire", "a lost cat in Paris",
+    "a detective on Mars", "a chef who cannot taste", "a tree that walks", "a girl who talks to whales",
+    "an old clock maker", "a city under the sea", "a time-travelling teacher", "a shy volcano",
+    "a pirate who hates water", "a library that never closes", "a snowman in summer", "a quiet thunderstorm",
+]
+
+
+def story_messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Tell me a long story about {TOPICS[i % len(TOPICS)]}."}]
+
+
+def machine_info(threads: int) -> dict:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "loadavg_at_start": os.getloadavg(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_json(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
+    lines = [" | ".join(c.ljust(widths[c]) for c in cols), "-+-".join("-" * widths[c] for c in cols)]
+    lines += [" | ".join(_fmt(r.get(c)).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return "" if v is None else str(v)
