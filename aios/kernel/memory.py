@@ -307,13 +307,14 @@ class MemoryManager:
         with self._lock:
             am = self._agents.pop(agent, None) or self._agent(agent)
             self._agents.pop(agent, None)
+            in_storage = any((agent, i) not in self._resident for i in am.sizes)
             mine = [k for k in self._resident if k[0] == agent]
             for key in mine:
                 item = self._resident.pop(key)
                 self._resident_bytes -= item.size
                 if am.persist:
                     self.storage.swap_put(agent, item.id, item.payload(), item.embedding, item.size)
-            if not am.persist:
+            if not am.persist and in_storage:  # no write (and no fsync) when nothing was evicted
                 self.storage.swap_drop_agent(agent)
             return {"items": len(am.sizes), "persisted": am.persist}
 
