@@ -463,7 +463,12 @@ class SchedAgent(Agent):
                 return cand
         if st.task.mode == "write":
             return self._write(st)
-        if st.best is not None and st.best.origin != "tuned" and index % 3 == 0:
+        if (
+            st.best is not None
+            and (st.best.improvement or 0) > 0
+            and st.best.origin != "tuned"
+            and index % 3 == 0
+        ):
             cand = self._tune(st)
             if cand is not None:
                 return cand
@@ -549,7 +554,7 @@ class SchedAgent(Agent):
 
     def _flattened(self, st: _State) -> bool:
         """No better candidate in the last ``patience`` rounds (after the seeds)."""
-        if len(st.records) <= max(st.task.seeds, st.task.patience):
+        if len(st.records) < st.task.seeds + st.task.patience:
             return False
         recent = st.records[-st.task.patience :]
         return st.best is not None and all(r is not st.best for r in recent)
