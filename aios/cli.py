@@ -113,6 +113,10 @@ def _load_llm(kernel, quiet: bool) -> None:
     """Build the LLM core now (not at the first syscall) so load errors and time show up front."""
     from tqdm.auto import tqdm
 
+    if quiet:  # transformers draws its own bars while loading weights
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     bar = tqdm(total=1, desc=f"loading model {kernel.config.model}", disable=quiet, leave=False)
     t0 = time.perf_counter()
     try:
@@ -380,23 +384,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(format_table(["model", "kind", "state"], rows))
     elif args.what == "tools":
         try:
-            from aios.kernel import tools as tools_mod
+            from aios.kernel.tools import ToolManager, install_builtins
         except ImportError:
             raise UsageError("the tool manager (aios.kernel.tools) is not installed in this build") from None
-        lister = getattr(tools_mod, "list_builtin_tools", None) or getattr(tools_mod, "builtin_tools", None)
-        if lister is None:
-            registry = getattr(tools_mod, "BUILTIN_TOOLS", None)
-            specs = list(registry.values()) if isinstance(registry, dict) else list(registry or [])
-        else:
-            specs = list(lister())
+        tm = ToolManager()
+        install_builtins(tm)
         rows = []
-        for t in specs:
-            name = getattr(t, "name", None) or (t.get("name") if isinstance(t, dict) else str(t))
-            desc = getattr(t, "description", None) or (
-                t.get("description", "") if isinstance(t, dict) else ""
-            )
-            rows.append([name, " ".join(str(desc).split())[:90]])
+        for schema in tm.list("cli"):
+            fn = schema.get("function", schema)
+            rows.append([fn.get("name"), " ".join(str(fn.get("description", "")).split())[:90]])
         print(format_table(["tool", "what it does"], rows))
+        print("(built-in tools; agents and scripts add their own with kernel.modules['tools'].register(fn))")
     return 0
 
 

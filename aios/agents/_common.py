@@ -39,16 +39,17 @@ def first_line(text: str, limit: int = 200) -> str:
 
 
 def extract_expression(text: str) -> str | None:
-    """The longest arithmetic expression in ``text`` that contains a number and an operator."""
-    best = None
+    """The first arithmetic expression in ``text`` with a number and an operator (models write the
+    expression first and its value after, as in ``12 * 3 = 36``)."""
     for m in _EXPR_RE.finditer(text.replace("×", "*").replace("÷", "/").replace("^", "**")):
         cand = m.group(0).strip()
         while cand and cand[-1] in "+-*/(.":
             cand = cand[:-1].rstrip()
-        if re.search(r"\d", cand) and re.search(r"\d\s*[\+\-\*/]", cand) and safe_eval(cand) is not None:
-            if best is None or len(cand) > len(best):
-                best = cand
-    return best
+        while cand and cand[0] in "*/).":
+            cand = cand[1:].lstrip()
+        if re.search(r"\d\s*[\+\-\*/]", cand) and safe_eval(cand) is not None:
+            return cand
+    return None
 
 
 _OPS = {

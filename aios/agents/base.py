@@ -27,10 +27,19 @@ class ExampleAgent(Agent):
     def budget(self, tokens: int) -> int:
         return max(1, round(tokens * self.scale))
 
-    def ask(self, system: str, user: str, tokens: int, **request: Any) -> str:
-        """One LLM request (greedy by default); returns the text and records it in the transcript."""
+    def ask(
+        self, system: str, user: str, tokens: int, shots: tuple[tuple[str, str], ...] = (), **request: Any
+    ) -> str:
+        """One LLM request (greedy by default); returns the text and records it in the transcript.
+
+        ``shots`` are (user, assistant) example turns: small models follow a format they have seen
+        far more reliably than one they are told about.
+        """
         n = self.budget(tokens)
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}]
+        for q, a in shots:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages.append({"role": "user", "content": user})
         request.setdefault("temperature", 0.0)
         request.setdefault("priority", self.priority)
         res: ChatResult = self.chat(messages, max_new_tokens=n, expected_tokens=n, **request)

@@ -26,10 +26,15 @@ class MathAgent(ExampleAgent):
         problem = self.task_or_default(task)
         svc = Services()
         plan = self.ask(
-            SYSTEM,
-            f"Problem: {problem}\nWrite one arithmetic expression with numbers and + - * / that computes "
-            "the answer. Reply with the expression only.",
+            "You turn word problems into one arithmetic expression.",
+            f"Problem: {problem}",
             tokens=24,
+            shots=(
+                (
+                    "Problem: Tom has 5 bags with 4 apples each and eats 3 apples. How many are left?",
+                    "5 * 4 - 3",
+                ),
+            ),
         )
         expression = extract_expression(plan) or extract_expression(problem)
         value = svc.calculate(expression) if expression else None

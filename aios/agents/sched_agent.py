@@ -117,6 +117,9 @@ class OptimizeTask(BaseModel):
     seeds: int = Field(2, ge=0, le=10, description="repository schedulers tried before new ones")
     deploy: bool = False
     profile_tier: str = "summary"
+    deep_profile: bool = Field(
+        True, description="after planning, take the deeper 'trace' tier when the goal is wake-up latency"
+    )
 
 
 class Verdict(BaseModel):
@@ -309,6 +312,27 @@ class SchedAgent(Agent):
             workload=st.task.workload,
         )
         self.progress(f"observe: {st.task.workload} profiled ({st.task.profile_tier} tier)")
+
+    def observe_deeper(self, st: _State) -> None:
+        """The trace tier (time series + a wake-up latency probe), only when the plan needs it.
+
+        Only a latency goal needs it: the summary tier already shows the task-length shape that
+        batch goals depend on, and every boot costs tens of seconds under TCG.
+        """
+        if not st.task.deep_profile or st.task.profile_tier == "trace" or "latency" not in st.goal:
+            return
+        try:
+            deep = self._tool(st, "sched_profile", workload=st.task.workload, tier="trace")
+        except SyscallFailed as exc:
+            self.progress(f"observe: trace tier failed ({exc.error.message[:80]}); keeping the summary")
+            return
+        st.profile = {**st.profile, "text": deep.get("text") or st.profile.get("text", ""), "trace": True}
+        self._memory_add(
+            f"trace profile of {st.task.workload}: {_fmt_profile(deep)}",
+            kind="profile",
+            workload=st.task.workload,
+        )
+        self.progress(f"observe: {st.task.workload} profiled again (trace tier: latency goal)")
 
     # -- planning -------------------------------------------------------------------------------------
     def infer_goal(self, st: _State) -> str:
@@ -565,6 +589,7 @@ class SchedAgent(Agent):
         st = _State(task=task)
         self.observe(st)
         self.infer_goal(st)
+        self.observe_deeper(st)
         st.hits = self._tool(st, "sched_search", query=f"{st.goal}. {_fmt_profile(st.profile, 300)}", k=4)
         stop = ""
         for index in range(1, task.budget.iterations + 1):
