@@ -446,3 +446,26 @@ def test_real_backend_repository_search_and_record(tmp_path):
     assert not box.record("cmp_bad", src, "rejected", "batch", {"verdict": {"ok": False}})["recorded"]
     res = backend.repository().results(workload="batch")
     assert len(res) == 1 and res[0].improvement == pytest.approx(1.2)
+
+
+def test_deeper_profile_only_when_the_goal_needs_it(tmp_path):
+    """Cheapest tier first; the trace tier is taken only for a wake-up latency goal."""
+    backend = FakeBackend(tmp_path / "repo", gain=lambda src: -0.1)
+    tiers = []
+    real_profile = backend.profile
+
+    def profile(workload: str, tier: str) -> dict[str, Any]:
+        tiers.append(tier)
+        return real_profile(workload, tier)
+
+    backend.profile = profile
+    with _kernel(tmp_path, RecordedLLM()) as kernel:
+        task = OptimizeTask(
+            workload="schbench", goal="lower the p99 wake-up latency", budget=Budget(iterations=1)
+        )
+        report, _, lines = _run(kernel, backend, task, tmp_path)
+        task = OptimizeTask(workload="batch", goal="shorter makespan", budget=Budget(iterations=1))
+        SchedAgent(name="second").start(kernel, task)
+    assert report.goal == "minimize p99 wake-up latency" and report.metric == "p99_wakeup_us"
+    assert tiers == ["summary", "trace", "summary"]
+    assert any("trace tier" in line for line in lines)
