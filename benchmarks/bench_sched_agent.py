@@ -396,6 +396,7 @@ def main() -> int:
     ap.add_argument("--h2h", default="schbench-forge", help="head-to-head workload ('' to skip)")
     ap.add_argument("--skip-h2h", action="store_true")
     ap.add_argument("--skip-goal", action="store_true")
+    ap.add_argument("--goal-from", default=None, help="reuse the goal-inference part of an earlier JSON")
     ap.add_argument("--goal-workloads", default=",".join(BATCH_TYPES))
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=2)
@@ -434,7 +435,12 @@ def main() -> int:
             "sched-agent-h2h",
         ):
             kernel.modules["access"].set_group(name, "admin")
-        if not args.skip_goal:
+        if args.goal_from:
+            data["goal_inference"] = json.loads(Path(args.goal_from).read_text())["goal_inference"]
+            data["notes"].append(
+                f"goal inference reused from an earlier run of this script ({args.goal_from})"
+            )
+        elif not args.skip_goal:
             log("goal inference")
             data["goal_inference"] = goal_inference(kernel, [w for w in args.goal_workloads.split(",") if w])
             write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, Path(args.out))

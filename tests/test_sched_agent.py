@@ -15,6 +15,7 @@ real ``SchedToolbox``.  The loop with the real VM toolchain is in ``test_sched_a
 from __future__ import annotations
 
 import collections
+import json
 import re
 import shutil
 from pathlib import Path
@@ -469,3 +470,22 @@ def test_deeper_profile_only_when_the_goal_needs_it(tmp_path):
     assert report.goal == "minimize p99 wake-up latency" and report.metric == "p99_wakeup_us"
     assert tiers == ["summary", "trace", "summary"]
     assert any("trace tier" in line for line in lines)
+
+
+def test_measured_blocks_order_the_next_menu(tmp_path):
+    """Learning: a winning seed's building blocks are listed first when the model composes next."""
+    seen: dict[str, float] = {}
+
+    def gain(src: str) -> float:
+        return seen.setdefault(src, 0.3 if not seen else -0.2)  # the first candidate (a seed) wins
+
+    llm = RecordedLLM()  # always answers the first option listed
+    with _kernel(tmp_path, llm) as kernel:
+        task = OptimizeTask(workload="batch", goal="mean completion", budget=Budget(iterations=2), seeds=1)
+        report, _, _ = _run(kernel, FakeBackend(tmp_path / "repo", gain=gain), task, tmp_path)
+    seed, composed = report.iterations
+    assert seed.origin == "repository" and composed.origin == "compose"
+    blocks = json.loads((SCHED_DIR / f"{seed.name}.json").read_text())["blocks"]
+    chosen = json.loads(composed.detail)
+    assert chosen["ordering"] == blocks["ordering"] and chosen["dispatch"] == blocks["dispatch"]
+    assert any("[measured: +30%]" in p for p in llm.prompts)

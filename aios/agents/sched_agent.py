@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aios.kernel.syscall import SyscallFailed
 from aios.sched_ext.compose import (
     BLOCK_DOCS,
+    SLICE_CHOICES_US,
     Composition,
     all_compositions,
     composition_from_choices,
@@ -214,6 +215,7 @@ class _State:
     cost: Cost = field(default_factory=Cost)
     started: float = field(default_factory=time.time)
     feedback: list[str] = field(default_factory=list)
+    blocks: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate -> its building blocks
 
 
 _CODE_RE = re.compile(r"```(?:c|C|bpf)?\s*\n(.*?)```", re.S)
@@ -408,20 +410,24 @@ class SchedAgent(Agent):
             return None
         chosen: dict[str, str] = {}
         for fld, docs in BLOCK_DOCS.items():
+            prior = self._option_prior(st, fld)
             options = sorted(
                 {str(c.model_dump(mode="json")[fld]) for c in untried if _matches(c, chosen)},
-                key=list(docs).index,
+                key=lambda o: (-prior.get(o, 0.0), list(docs).index(o)),
             )
             if len(options) == 1:
                 chosen[fld] = options[0]
                 continue
-            menu = "\n".join(f"- {o}: {docs[o]}" for o in options)
+            menu = "\n".join(
+                f"- {o}: {docs[o]}" + (f" [measured: {prior[o]:+.0%}]" if o in prior else "") for o in options
+            )
             prompt = (
                 f"You design a Linux CPU scheduler. Goal: {st.goal} (metric {st.metric}) for workload "
                 f"{st.task.workload}.\nProfile: {_fmt_profile(st.profile, 400)}\n"
                 f"Results so far:\n{self._feedback_text(st)}\n"
                 f"Chosen so far: {json.dumps(chosen) if chosen else 'nothing'}\n"
-                f"Choose the {fld.replace('_', ' ')}:\n{menu}\nAnswer with one option name."
+                f"Choose the {fld.replace('_', ' ')} (options listed best-first by the results so far):\n"
+                f"{menu}\nAnswer with one option name."
             )
             pick = self._llm(st, prompt, choices=options, max_new_tokens=16).strip()
             chosen[fld] = pick if pick in options else options[0]
@@ -430,6 +436,22 @@ class SchedAgent(Agent):
         return _Candidate(
             name=gen.name, origin="compose", source=gen.source, detail=json.dumps(chosen), composition=comp
         )
+
+    def _option_prior(self, st: _State, fld: str) -> dict[str, float]:
+        """Per option of one building block, the best improvement measured with it so far.
+
+        Learning across rounds: the blocks of every measured candidate (seeds declare theirs,
+        compositions are made of them) carry its result, so the menu the model chooses from next
+        lists the options that have worked first.
+        """
+        prior: dict[str, float] = {}
+        for rec in st.records:
+            b = st.blocks.get(rec.name)
+            if not b or fld not in b or rec.improvement is None:
+                continue
+            opt = str(b[fld])
+            prior[opt] = max(prior.get(opt, -1e9), rec.improvement)
+        return prior
 
     def _write(self, st: _State, max_repairs: int = 3) -> _Candidate | None:
         """Write mode: the model writes BPF C with the closest programs and verifier feedback in context.
@@ -538,6 +560,7 @@ class SchedAgent(Agent):
         st.records.append(rec)
         st.tried.add(cand.name)
         st.sources[cand.name] = cand.source
+        st.blocks[cand.name] = _blocks_of(st, cand)
         if rec.verdict.ok and rec.improvement is not None:
             line = f"- {cand.name} ({cand.origin} {cand.detail[:80]}): {st.metric} {rec.candidate:.4g} vs EEVDF {rec.baseline:.4g} ({rec.improvement:+.1%})"
             if st.best is None or rec.improvement > (st.best.improvement or -1e9):
@@ -663,6 +686,21 @@ class SchedAgent(Agent):
             winner=report.winner,
         )
         return report
+
+
+def _blocks_of(st: _State, cand: _Candidate) -> dict[str, str]:
+    """A candidate's building blocks: its composition, or the blocks its repository entry declares."""
+    if cand.composition is not None:
+        return {k: str(v) for k, v in cand.composition.model_dump(mode="json").items()}
+    base = cand.base or cand.name.split("+", 1)[0]
+    hit = next((h for h in st.hits if h.get("name") == base), None)
+    blocks = {k: str(v) for k, v in ((hit or {}).get("blocks") or {}).items()}
+    if not blocks and base in st.blocks:
+        blocks = dict(st.blocks[base])
+    slice_ns = source_tunables(cand.source).get("slice_ns")
+    if slice_ns:
+        blocks["slice_us"] = str(min(SLICE_CHOICES_US, key=lambda us: abs(us * 1000 - slice_ns)))
+    return blocks
 
 
 def _workload(name: str) -> Any | None:

@@ -234,6 +234,7 @@ class SchedToolbox:
                         for k2, v in (entry.get("tunables") or {}).items()
                     },
                     "goal": entry.get("goal"),
+                    "blocks": entry.get("blocks") or {},
                     "score": d.get("score"),
                     "source": entry.get("source", ""),
                 }
