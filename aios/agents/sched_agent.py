@@ -565,6 +565,8 @@ class SchedAgent(Agent):
             line = f"- {cand.name} ({cand.origin} {cand.detail[:80]}): {st.metric} {rec.candidate:.4g} vs EEVDF {rec.baseline:.4g} ({rec.improvement:+.1%})"
             if st.best is None or rec.improvement > (st.best.improvement or -1e9):
                 st.best = rec
+        elif rec.verdict.ok:
+            line = f"- {cand.name} ({cand.origin}): verified, but the workload did not report {st.metric}"
         else:
             line = (
                 f"- {cand.name} ({cand.origin}): rejected at {rec.verdict.stage}: {rec.verdict.reason[:200]}"
