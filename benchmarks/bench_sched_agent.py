@@ -116,9 +116,13 @@ def final_comparison(
 
     objs = []
     for name, src in seeds.items():
-        objs.append(VerifiedObject(name, box.source_path(src), box.objects[digest(src)]))
+        d = digest(src)
+        objs.append(VerifiedObject(name, box.source_path(src), box.objects[d], verdict=box.raw_verdicts[d]))
     if agent_src is not None:
-        objs.append(VerifiedObject("agent", box.source_path(agent_src), box.objects[digest(agent_src)]))
+        d = digest(agent_src)
+        objs.append(
+            VerifiedObject("agent", box.source_path(agent_src), box.objects[d], verdict=box.raw_verdicts[d])
+        )
     from aios.sched_ext.tools import LoadRecord, ops_name
 
     for o in objs:  # every one of them passed all verifier stages in this toolbox (asserted)

@@ -165,6 +165,7 @@ class SchedToolbox:
     verify_runs: list[VerifyOutcome] = field(default_factory=list)
     loads: list[LoadRecord] = field(default_factory=list)
     objects: dict[str, Path] = field(default_factory=dict)
+    raw_verdicts: dict[str, Any] = field(default_factory=dict)  # the verifier's own results, by digest
 
     def __post_init__(self) -> None:
         if self.backend is None:
@@ -346,6 +347,7 @@ class SchedToolbox:
         obj = getattr(v, "object_path", None) or getattr(v, "obj", None)
         if obj:
             self.objects[d] = Path(obj)
+        self.raw_verdicts[d] = v
         self.verdicts[d] = out
         self.verify_runs.append(out)
         return out
@@ -358,7 +360,9 @@ class SchedToolbox:
         from aios.sched_ext.measure import VerifiedObject
 
         d = self._require_verified(source, "measure")
-        return VerifiedObject(self.label(source), self.source_path(source), self.objects[d])
+        return VerifiedObject(
+            self.label(source), self.source_path(source), self.objects[d], verdict=self.raw_verdicts[d]
+        )
 
     def measure(self, source: str, workload: str, reps: int = 3) -> dict[str, Any]:
         """Candidate vs EEVDF on ``workload`` in one VM boot; only fully verified programs."""
@@ -554,7 +558,9 @@ def stress_in_vm(obj: Path, seconds: float, vm: Any) -> StressResult:
     secs = max(1, int(round(seconds)))
     data = patch_struct_ops_field(Path(obj).read_bytes(), "timeout_ms", 5000)
     t0 = time.time()
-    res = vm.run(stress_script(secs), files={"/aios/stress.bpf.o": data}, timeout_s=secs * 3 + 120)
+    res = vm.run(
+        stress_script(secs), files={"/aios/stress.bpf.o": data}, timeout_s=secs * 3 + 120, tools=True
+    )
     took = time.time() - t0
     rows = res.results_of("stress")
     exits = [e for e in parse_exits(res.blobs.get("dmesg", "")) if e.action == "disabled"]
