@@ -20,9 +20,12 @@
    arrive 20 ms apart in a seeded random order (a different order per trial, the same order for
    every policy and for the sequential baseline).
 
-Capacity. Every kernel run uses ``--batch`` rows (default 2): three agents on two rows keeps the
-schedule meaningful (someone always waits, RR suspends, SJF and priority preempt); with more rows
-than agents every policy degenerates to "everyone runs", and the comparison says nothing.
+Capacity. The three agents run on ``--batch`` rows (default 4: all three decode together, the
+kernel's main win over one-after-another). The 12-agent mix runs on ``--mix-batch`` rows (default
+2): with far more agents than rows someone always waits, RR suspends, SJF and priority preempt,
+which is the regime where the policy matters (with rows to spare every policy is "everyone runs").
+A stress run adds three filler agents to the paper agents under RR with a 2-token quantum so the
+consistency check covers requests suspended and resumed many times.
 
 Targets: last agent's turnaround under the kernel <= 0.5x sequential; SJF mean turnaround <= 0.7x
 FIFO on the mix; no agent's RR waiting above 2x its FIFO waiting.
@@ -293,14 +296,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--trials", type=int, default=5, help="trials for the 3-agent set")
     ap.add_argument("--mix-trials", type=int, default=3, help="trials for the 12-agent mix")
-    ap.add_argument("--batch", type=int, default=2, help="batch rows of every kernel run")
+    ap.add_argument("--batch", type=int, default=4, help="batch rows for the 3-agent runs")
+    ap.add_argument("--mix-batch", type=int, default=2, help="batch rows for the 12-agent mix")
     ap.add_argument("--quantum", type=int, default=4, help="RR time slice (tokens)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the agents' token budgets")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads; 0 = auto: 1 when the machine is already busy (load average >= cores: "
+        "two OpenMP threads spinning against other processes run ~10x slower), else torch's default",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif load >= (os.cpu_count() or 1):
+        torch.set_num_threads(1)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
@@ -311,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     names = list(PAPER_AGENTS)
     results: dict[str, Any] = {
-        "config": {**vars(args), "mix_lengths": MIX_LENGTHS, "torch_threads": torch.get_num_threads()},
+        "config": {
+            **vars(args),
+            "mix_lengths": MIX_LENGTHS,
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": load,
+        },
     }
 
     # -- 1. solo references ----------------------------------------------------------------------
@@ -340,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
                     similarity(bench, r["texts"][n], solo[n]["text"])
                 )
         print(f"3-agent trial {trial + 1}/{args.trials} done ({time.time() - t_start:.0f}s)", flush=True)
-    # stress: RR with a tiny quantum, many suspensions
-    stress = run_kernel(bench, paper_agents(args.scale), "rr", args.batch, quantum=2)
+    # stress: RR with a tiny quantum and three filler agents, so rows are short and requests are
+    # suspended and resumed many times; the paper agents must still match their solo outputs
+    fillers = [ChatAgent(f"filler{i}", tokens=48, scale=args.scale) for i in range(3)]
+    stress = run_kernel(bench, paper_agents(args.scale) + fillers, "rr", args.batch, quantum=2)
     for n in names:
         consistency.setdefault("rr (quantum 2)", {}).setdefault(n, []).append(
             similarity(bench, stress["texts"][n], solo[n]["text"])
         )
-    stress_preempt = sum(a["preemptions"] for a in stress["agents"].values())
+    stress_preempt = sum(stress["agents"][n]["preemptions"] for n in names)
 
     # -- 3. the 12-agent mix -----------------------------------------------------------------------
     mix = mix_agents(args.scale)
@@ -363,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for policy in POLICIES:
             mix_timing[policy].append(
-                run_kernel(bench, mix_agents(args.scale), policy, args.batch, order, stagger)
+                run_kernel(bench, mix_agents(args.scale), policy, args.mix_batch, order, stagger)
             )
         print(f"mix trial {trial + 1}/{args.mix_trials} done ({time.time() - t_start:.0f}s)", flush=True)
 
@@ -373,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
 
     md: list[str] = [f"# AIOS evaluation on {args.model} (CPU, {torch.get_num_threads()} threads)\n"]
     md.append(
-        f"Kernel runs: {args.batch} batch rows, RR quantum {args.quantum} tokens, batch-invariant decode, "
-        f"temperature 0. 3-agent set: {args.trials} trials; 12-agent mix: {args.mix_trials} trials.\n"
+        f"Kernel runs: {args.batch} batch rows for the 3-agent set, {args.mix_batch} for the 12-agent mix; "
+        f"RR quantum {args.quantum} tokens; batch-invariant decode; temperature 0; token budgets x{args.scale}. "
+        f"3-agent set: {args.trials} trials; 12-agent mix: {args.mix_trials} trials. "
+        f"Load average at start: {load:.1f} on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}.\n"
     )
     md.append("## Consistency: concurrent vs solo outputs (BLEU / MiniLM cosine, mean over trials)\n")
     rows = []
@@ -388,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             row.append(f"{b:.3f} / {c:.3f}")
         rows.append(row)
     md.append(md_table(["policy", *names], rows))
-    md.append(f"\nStress run (RR, quantum 2): {stress_preempt} suspensions across the three agents.\n")
+    md.append(
+        f"\nStress run (RR quantum 2, the three agents plus three 48-token fillers on {args.batch} rows): "
+        f"{stress_preempt} suspensions of the paper agents' requests.\n"
+    )
 
     md.append("## Three paper agents: waiting / turnaround (s), mean over trials\n")
     order3 = ["sequential", *POLICIES]
@@ -531,7 +556,9 @@ def plot(path: Path, names: list[str], timing: dict, mix_stats: dict, args: argp
     ax2.set_xticks([j + 0.4 - width / 2 for j in range(len(stats))], ["mean", "p90", "p99"])
     ax2.set_ylabel("turnaround (s)")
     ax2.set_title("12-agent mix, heavy-tailed lengths")
-    fig.suptitle(f"AIOS evaluation: {args.model}, {args.batch} batch rows, RR quantum {args.quantum}")
+    fig.suptitle(
+        f"AIOS evaluation: {args.model}; rows {args.batch} (3 agents) / {args.mix_batch} (mix); RR quantum {args.quantum}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
