@@ -70,6 +70,10 @@ class Syscall(BaseModel):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _callbacks: list = PrivateAttr(default_factory=list)
 
+    def __hash__(self) -> int:
+        """Hashable by identity of the call, so syscalls can go straight into ``asyncio.gather``."""
+        return hash(self.id)
+
     # -- derived metrics -------------------------------------------------------------------
     @property
     def waiting_time(self) -> float | None:
