@@ -139,7 +139,7 @@ def plot(data: dict) -> None:
     scheds = data["schedulers"]
     if not wls:
         return
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(wls) * len(scheds) / 3), 5))
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.1 * len(wls)), 5))
     width = 0.8 / max(1, len(scheds))
     for i, s in enumerate(scheds):
         ys, lo, hi = [], [], []
