@@ -1,6 +1,6 @@
 """The AIOS paper's evaluation, reproduced (and beaten) on the embedded SmolLM2.
 
-    python benchmarks/bench_aios_eval.py            # the whole evaluation (~15-20 min on 2 CPU cores)
+    python benchmarks/bench_aios_eval.py            # the whole evaluation (~12-16 min on 2 busy CPU cores)
     aios bench aios_eval                            # the same
     python benchmarks/bench_aios_eval.py --model tiny --trials 1 --mix-trials 1   # smoke test, seconds
 
@@ -295,11 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="smollm2", help="'smollm2' (default), a model path, or 'tiny' (smoke test)"
     )
     ap.add_argument("--trials", type=int, default=5, help="trials for the 3-agent set")
-    ap.add_argument("--mix-trials", type=int, default=3, help="trials for the 12-agent mix")
+    ap.add_argument("--mix-trials", type=int, default=1, help="trials for the 12-agent mix (1: time budget)")
     ap.add_argument("--batch", type=int, default=4, help="batch rows for the 3-agent runs")
     ap.add_argument("--mix-batch", type=int, default=2, help="batch rows for the 12-agent mix")
     ap.add_argument("--quantum", type=int, default=4, help="RR time slice (tokens)")
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply the agents' token budgets")
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=0.5,
+        help="multiply the agents' token budgets (0.5: the 20-minute budget)",
+    )
     ap.add_argument(
         "--threads",
         type=int,

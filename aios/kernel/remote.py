@@ -170,6 +170,11 @@ class RemoteLLMCore:
                 st.stream.cancel.set()
         for seq in list(self.scheduler.running) + list(self.scheduler.ready):
             seq.syscall.fail("Aborted", "the kernel shut down")
+        while True:
+            try:
+                self._inbox.get_nowait().fail("Aborted", "the kernel shut down")
+            except queue.Empty:
+                break
         self.client.close()
 
     # -- requests in -------------------------------------------------------------------------------
