@@ -13,6 +13,7 @@ task = sys.argv[1] if len(sys.argv) > 1 else None
 model = sys.argv[2] if len(sys.argv) > 2 else "smollm2"
 
 with aios.Kernel(model=model) as kernel:  # the embedded SmolLM2 by default; a path or hub name works too
+    _ = kernel.llm  # load the model now, not at the first LLM call, so the timings are the agents'
     run = MathAgent().start(kernel, task)
     if not run.ok:
         sys.exit(f"the agent failed: {run.error}")

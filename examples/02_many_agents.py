@@ -14,6 +14,7 @@ from aios.agents import MathAgent, NarrativeAgent, RecommendationAgent, TravelAg
 model = sys.argv[1] if len(sys.argv) > 1 else "smollm2"
 
 with aios.Kernel(model=model, scheduler="rr", quantum=4, max_batch_size=4) as kernel:
+    _ = kernel.llm  # load the model now, not at the first LLM call, so the timings are the agents'
     runs = aios.run_all(
         kernel,
         [
