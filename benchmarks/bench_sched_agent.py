@@ -378,13 +378,21 @@ def plot(data: dict[str, Any], path: Path) -> None:
     g = data.get("goal_inference")
     if g:
         names = [r["workload"].removeprefix("batch-") for r in g["rows"]]
-        axes[1].bar(
-            names,
-            [1 if r["correct"] else 0 for r in g["rows"]],
-            color=["tab:green" if r["correct"] else "tab:red" for r in g["rows"]],
-        )
-        axes[1].set_ylim(0, 1.2)
-        axes[1].set_title(f"Goal inference: {g['accuracy']:.0%} correct")
+        colors = ["tab:green" if r["correct"] else "tab:red" for r in g["rows"]]
+        axes[1].bar(names, [1] * len(names), color=colors)
+        for i, r in enumerate(g["rows"]):
+            axes[1].text(
+                i,
+                0.5,
+                f"label {r['label']}\ninferred {r['inferred']}",
+                ha="center",
+                va="center",
+                rotation=90,
+                fontsize=7,
+                color="white",
+            )
+        axes[1].set_yticks([])
+        axes[1].set_title(f"Goal inference: {g['accuracy']:.0%} correct (green) / wrong (red)")
         axes[1].tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
