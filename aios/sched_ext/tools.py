@@ -430,7 +430,7 @@ def measure_summary(res: Any) -> dict[str, Any]:
     for name, m in res.metrics.items():
         base[name], cand[name] = m.baseline.mean, m.candidate.mean
         p = m.paired_improvement
-        if p.values and p.mean and p.mean == p.mean:
+        if len(p.values) > 1 and p.mean and p.mean == p.mean:  # one rep has no spread
             spread[name] = (p.max - p.min) / 2 / p.mean
     return {
         "ok": bool(res.stayed_enabled),
