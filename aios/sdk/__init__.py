@@ -1,38 +1,12 @@
-"""What agent code imports: syscall-style calls, the agent base class, concurrent runs."""
+"""What agent code imports: syscall-style calls, the agent base class, concurrent runs.
+
+The syscall functions are listed once, in ``aios.sdk.calls.__all__``; this package and the top-level
+``aios`` package re-export that list rather than repeating it.
+"""
 
 from aios.sdk import calls
 from aios.sdk.agent import Agent, run_all
-from aios.sdk.calls import (
-    audit_log,
-    file_delete,
-    file_list,
-    file_read,
-    file_write,
-    grant,
-    grants,
-    log_append,
-    log_read,
-    memory_add,
-    memory_delete,
-    memory_get,
-    memory_list,
-    memory_persist,
-    memory_release,
-    memory_search,
-    memory_update,
-    memory_usage,
-    revoke,
-    run_tool_calls,
-    set_group,
-    storage_delete,
-    storage_get,
-    storage_list,
-    storage_put,
-    storage_search,
-    tool_call,
-    tools_list,
-    whoami,
-)
+from aios.sdk.calls import *  # noqa: F403 - the agent-facing syscall functions, see calls.__all__
 from aios.sdk.runtime import (
     AgentContext,
     AgentRun,
@@ -46,36 +20,6 @@ from aios.sdk.runtime import (
 )
 
 __all__ = [
-    "audit_log",
-    "file_delete",
-    "file_list",
-    "file_read",
-    "file_write",
-    "grant",
-    "grants",
-    "log_append",
-    "log_read",
-    "memory_add",
-    "memory_delete",
-    "memory_get",
-    "memory_list",
-    "memory_persist",
-    "memory_release",
-    "memory_search",
-    "memory_update",
-    "memory_usage",
-    "revoke",
-    "run_tool_calls",
-    "set_group",
-    "storage_delete",
-    "storage_get",
-    "storage_list",
-    "storage_put",
-    "storage_search",
-    "tool_call",
-    "tools_list",
-    "whoami",
-    "calls",
     "Agent",
     "AgentContext",
     "AgentRun",
@@ -87,4 +31,5 @@ __all__ = [
     "run_agent",
     "run_agents",
     "run_all",
+    *calls.__all__,
 ]
