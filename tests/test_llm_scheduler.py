@@ -117,13 +117,15 @@ def test_sjf_by_expected_tokens(make_engine):
 def test_sjf_predictor_learns_per_agent():
     pred = LengthPredictor(alpha=0.5)
     assert pred.predict("x", 100) == 100  # nothing known: max_new_tokens
-    pred.observe("terse", 4)
-    pred.observe("terse", 6)
-    pred.observe("verbose", 90)
+    pred.observe("terse", 4, 100)
+    pred.observe("terse", 6, 100)
+    pred.observe("verbose", 90, 100)
     assert pred.predict("terse", 100) == 5
     assert pred.predict("verbose", 100) == 90
     assert pred.predict("verbose", 50) == 50  # capped by the budget
-    assert 4 < pred.predict("new-agent", 200) < 90  # unknown agent: the overall average
+    # unknown agents: their own budget scaled by the used fraction (EMA 0.04, 0.05, 0.475 -> 0.475)
+    assert pred.predict("new-agent", 200) == 95
+    assert pred.predict("new-short", 20) == 10  # still ordered by budget, not by arrival
     pol = SJF(pred)
     a, b = _seq("verbose", 0.0, n=100), _seq("terse", 1.0, n=100)
     pol.on_add(a)

@@ -22,8 +22,11 @@ Policies
 - ``SJF``: shortest remaining job first, preemptive (SRTF). Remaining = expected length − tokens
   generated. Expected length is ``request.expected_tokens`` when given, else ``LengthPredictor``:
   an exponential moving average (α = 0.5) of the completion lengths of the *same agent's* earlier
-  requests (agents tend to repeat the same kind of call), else the average over all agents, else
-  ``max_new_tokens``; always capped at ``max_new_tokens``.
+  requests (agents tend to repeat the same kind of call); for an agent it has not seen yet, the
+  request's own ``max_new_tokens`` scaled by the fraction of their budget that requests have used so
+  far (an EMA over all agents): the budget is the caller's own statement about the request, so new
+  agents are still ordered by it, and the fraction calibrates it. With no history at all, the
+  budget itself; always capped at ``max_new_tokens``.
 
 Ties break by arrival, so every policy is deterministic for a given arrival order.
 """
@@ -94,24 +97,26 @@ class Priority(Policy):
 
 
 class LengthPredictor:
-    """Per-agent EMA of completion lengths (see module docstring)."""
+    """Per-agent EMA of completion lengths, and the EMA of the used fraction of the budget (see module docstring)."""
 
     def __init__(self, alpha: float = 0.5):
         self.alpha = alpha
         self.per_agent: dict[str, float] = {}
-        self.overall: float | None = None
+        self.budget_used: float | None = None  # EMA over all agents of tokens generated / max_new_tokens
 
     def predict(self, agent: str, max_new_tokens: int) -> int:
-        est = self.per_agent.get(agent, self.overall)
+        est = self.per_agent.get(agent)
         if est is None:
-            return max_new_tokens
+            est = max_new_tokens if self.budget_used is None else max_new_tokens * self.budget_used
         return max(1, min(max_new_tokens, round(est)))
 
-    def observe(self, agent: str, n_tokens: int) -> None:
+    def observe(self, agent: str, n_tokens: int, max_new_tokens: int | None = None) -> None:
         a = self.alpha
         prev = self.per_agent.get(agent)
         self.per_agent[agent] = n_tokens if prev is None else a * n_tokens + (1 - a) * prev
-        self.overall = n_tokens if self.overall is None else a * n_tokens + (1 - a) * self.overall
+        if max_new_tokens:
+            used = min(1.0, n_tokens / max_new_tokens)
+            self.budget_used = used if self.budget_used is None else a * used + (1 - a) * self.budget_used
 
 
 class SJF(Policy):
@@ -136,7 +141,7 @@ class SJF(Policy):
 
     def observe(self, seq: Sequence) -> None:
         if seq.request.expected_tokens is None:
-            self.predictor.observe(seq.agent, seq.tokens_generated)
+            self.predictor.observe(seq.agent, seq.tokens_generated, seq.max_new_tokens)
 
 
 def make_policy(name: str, quantum: int = 8, aging: float = 1.0) -> Policy:
