@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aios.cache import cache_root
+
 SCHEDULERS = ("fifo", "rr", "priority", "sjf")
 DEMO_AGENTS = ("math", "narrative", "recommendation", "travel")
 
@@ -60,13 +62,6 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     body = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     return "\n".join([line, sep, *body])
-
-
-def _cache_root(cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("AIOS_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "aios"
 
 
 def _check_model(model: str) -> None:
@@ -224,7 +219,7 @@ def _save_metrics(kernel, runs, wall: float, cache_dir: str | None, path: str | 
         "agents": [json.loads(r.model_dump_json()) for r in runs],
         "kernel": kernel.metrics(),
     }
-    out = Path(path) if path else _cache_root(cache_dir) / "runs" / "last.json"
+    out = Path(path) if path else cache_root(cache_dir) / "runs" / "last.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=str))
     return out
@@ -365,7 +360,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.what == "models":
         rows = []
         try:
-            from aios.kernel.llm import EMBEDDED_MODELS, cache_root
+            from aios.kernel.llm import EMBEDDED_MODELS
 
             models_dir = cache_root(args.cache_dir) / "models"
             for name, (dist, rel) in EMBEDDED_MODELS.items():
@@ -426,7 +421,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    path = Path(args.file) if args.file else _cache_root(args.cache_dir) / "runs" / "last.json"
+    path = Path(args.file) if args.file else cache_root(args.cache_dir) / "runs" / "last.json"
     if not path.is_file():
         raise UsageError(f"no metrics at {path}: run `aios run ...` or `aios demo` first")
     record = json.loads(path.read_text())

