@@ -55,6 +55,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 import aios  # noqa: E402
 from aios.agents import AGENTS, PAPER_AGENTS, ChatAgent  # noqa: E402
 from aios.kernel.engine import LLMEngine  # noqa: E402
@@ -84,16 +86,6 @@ MIX_TOPICS = [
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile by linear interpolation (numpy's default), q in [0, 100]."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 def md_table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -30,6 +30,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, installed or not
 
+from _common import pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 import aios  # noqa: E402
 from aios.kernel.embedding import HashEmbedder, MiniLMEmbedder  # noqa: E402
 
@@ -87,11 +89,6 @@ QUERIES = [
     ("gardening advice", ["d21", "d22"]),
     ("housing costs", ["d29", "d30"]),
 ]
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def run_phase(kernel, op: str, agents: int, ops_per_agent: int) -> dict:
