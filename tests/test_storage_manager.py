@@ -39,6 +39,11 @@ def test_items_roundtrip(kernel):
         assert aios.storage_get("notes/1")["content"] == "first note, edited"
         assert [i["key"] for i in aios.storage_list("notes/")] == ["notes/1", "notes/2"]
         assert aios.storage_search("second note", k=1)[0]["key"] == "notes/2"
+        # a prefix scopes the search: the closest item overall ("other") is outside it
+        scoped = aios.storage_search("unrelated text", k=3, prefix="notes/")
+        assert sorted(i["key"] for i in scoped) == ["notes/1", "notes/2"]
+        assert aios.storage_search("unrelated text", k=1)[0]["key"] == "other"
+        assert aios.storage_search("anything", prefix="nothing-here/") == []
         assert aios.storage_delete("other") is True
         with pytest.raises(SyscallFailed) as ei:
             aios.storage_get("other")

@@ -427,15 +427,26 @@ class StorageManager:
             {"key": r["key"], "metadata": json.loads(r["metadata"]), "version": r["version"]} for r in rows
         ]
 
-    def search(self, agent: str, query: str, k: int = 5) -> list[dict[str, Any]]:
-        """The ``k`` items of ``agent`` closest to ``query`` (content from SQLite, best first)."""
+    def search(self, agent: str, query: str, k: int = 5, prefix: str = "") -> list[dict[str, Any]]:
+        """The ``k`` items of ``agent`` closest to ``query`` (content from SQLite, best first).
+
+        ``prefix`` restricts the search to keys that start with it, so one namespace can hold
+        several collections (an agent's results and its worked examples) without one crowding the
+        other out of the top ``k``.
+        """
         col = self._index()
         vec = self.embedder.embed([query])[0]
         with self._lock:
-            n = self._db.execute("SELECT count(*) FROM items WHERE agent = ?", (agent,)).fetchone()[0]
-            if n == 0:
+            ids = [
+                str(r[0])
+                for r in self._db.execute(
+                    "SELECT id FROM items WHERE agent = ? AND substr(key, 1, ?) = ?", (agent, len(prefix), prefix)
+                )
+            ]
+            if not ids:
                 return []
-            got = col.query(query_embeddings=[vec], n_results=min(k, n), where={"agent": agent})
+            scope = {"ids": ids} if prefix else {}
+            got = col.query(query_embeddings=[vec], n_results=min(k, len(ids)), where={"agent": agent}, **scope)
         out = []
         for i, dist in zip(got["ids"][0], got["distances"][0], strict=True):
             rows = self._query("SELECT * FROM items WHERE id = ? AND agent = ?", (int(i), agent))
@@ -618,7 +629,7 @@ class StorageManager:
             case "list":
                 return self.list(ns, r.prefix, r.limit)
             case "search":
-                return self.search(ns, r.query, r.k)
+                return self.search(ns, r.query, r.k, r.prefix)
             case "file_write":
                 try:
                     data = (

@@ -126,9 +126,12 @@ def storage_list(prefix: str = "", limit: int = 100, *, owner: str | None = None
     return _storage(op="list", prefix=prefix, limit=limit, owner=owner)
 
 
-def storage_search(query: str, k: int = 5, *, owner: str | None = None) -> list[dict[str, Any]]:
-    """Stored items closest in meaning to ``query``, best first (retrieval augmentation)."""
-    return _storage(op="search", query=query, k=k, owner=owner)
+def storage_search(query: str, k: int = 5, prefix: str = "", *, owner: str | None = None) -> list[dict[str, Any]]:
+    """Stored items closest in meaning to ``query``, best first (retrieval augmentation).
+
+    ``prefix`` searches only keys that start with it.
+    """
+    return _storage(op="search", query=query, k=k, prefix=prefix, owner=owner)
 
 
 def log_append(content: str, event: str = "note") -> int:
