@@ -52,7 +52,7 @@ def log(msg: str) -> None:
 
 def goal_inference(kernel: Any, workloads: list[str]) -> dict[str, Any]:
     """Observation + planning's goal step for each labelled workload, as an agent's syscalls."""
-    from aios.agents.sched_agent import GOALS, infer_goal
+    from aios.agents.sched_agent import GOALS, goal_examples, infer_goal
     from aios.sched_ext.workloads import get_workload
     from aios.sdk.calls import tool_call
     from aios.sdk.runtime import agent_context, chat
@@ -66,14 +66,14 @@ def goal_inference(kernel: Any, workloads: list[str]) -> dict[str, Any]:
             t_prof = time.time() - t0
             tokens = {"prompt": 0, "completion": 0}
 
-            def ask(prompt: str, choices: list[str], tokens: dict[str, int] = tokens) -> str:
-                res = chat([{"role": "user", "content": prompt}], choices=choices, max_new_tokens=16)
+            def ask(messages: list[dict], choices: list[str], tokens: dict[str, int] = tokens) -> str:
+                res = chat(messages, choices=choices, max_new_tokens=16)
                 tokens["prompt"] += res.response.prompt_tokens
                 tokens["completion"] += res.response.completion_tokens
                 return res.text
 
             t1 = time.time()
-            goal = infer_goal(ask, name, None, prof)
+            goal = infer_goal(ask, name, None, prof, examples=goal_examples)
             rows.append(
                 {
                     "workload": name,

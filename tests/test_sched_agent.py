@@ -354,21 +354,72 @@ def test_goal_inference_maps_free_text_and_constrains():
 
     seen = []
 
-    def ask(prompt: str, choices: list[str]) -> str:
-        seen.append((prompt, choices))
+    def ask(messages: list[dict], choices: list[str]) -> str:
+        seen.append(("\n".join(m["content"] for m in messages), choices))
         return "I think: makespan please"
 
     # no explicit goal: the model is asked, constrained to the labels; free text is still mapped
     assert infer_goal(ask, "batch-sort", None, {"text": "40 tasks"}) == "minimize makespan"
     prompt, choices = seen[0]
     assert choices == list(GOAL_LABELS) and set(GOAL_LABELS.values()) == set(GOALS)
-    assert "Sort 40 data shards" in prompt and "Observed: 40 tasks" in prompt and prompt.endswith("Goal:")
+    assert "Sort 40 data shards" in prompt and prompt.endswith("Observed: 40 tasks")
     # a goal the user names outright is taken as said (no LLM call)
     assert (
         infer_goal(ask, "batch", "lower the p99 wake-up latency please", {}) == "minimize p99 wake-up latency"
     )
     assert explicit_goal("make the average job finish sooner") == "minimize mean completion time"
     assert explicit_goal("go faster") is None and len(seen) == 1
+
+
+def test_goal_examples_are_retrieved_from_storage_and_learned(tmp_path):
+    """The planner's worked examples come from the vector DB (MiniLM: real semantics), nearest
+    last, and a goal the user named outright becomes an example for the next request."""
+    from aios.agents.sched_agent import (
+        GOAL_EXAMPLE_PREFIX,
+        GOAL_EXAMPLES,
+        goal_examples,
+        remember_goal_example,
+    )
+
+    kernel = Kernel(
+        KernelConfig(model="tiny", embedder="minilm", data_dir=tmp_path / "data"), llm=RecordedLLM()
+    )
+    storage = kernel.modules["storage"]
+
+    def keys() -> list[str]:
+        return [i["key"] for i in storage.list("sched-agent", GOAL_EXAMPLE_PREFIX, 10_000)]
+
+    try:
+        with agent_context(kernel, "sched-agent"):
+            request = (
+                "Upscale 90 movie frames (one is huge); the trailer is cut only once every frame is upscaled."
+            )
+            seen = []
+
+            def ask(messages: list[dict], choices: list[str]) -> str:
+                seen.append(messages)
+                return choices[0]
+
+            infer_goal(ask, "not-registered", request, {}, examples=goal_examples)
+            turns = seen[0][1:-1]  # system message first, the request last
+            assert [t["role"] for t in turns] == ["user", "assistant"] * 4
+            shots = [
+                (u["content"].removeprefix("Workload: "), a["content"])
+                for u, a in zip(turns[::2], turns[1::2], strict=True)
+            ]
+            assert len(shots) == 4 and all(s in GOAL_EXAMPLES for s in shots)
+            assert (
+                shots[-1][1] == "makespan"
+            )  # the nearest example ("published only after every ...") is last
+            # seeded once: a second retrieval adds nothing
+            goal_examples(request)
+            assert len(keys()) == len(GOAL_EXAMPLES)
+
+            remember_goal_example(request, "minimize makespan")
+            assert goal_examples(request)[-1] == (request, "makespan")
+            assert len(keys()) == len(GOAL_EXAMPLES) + 1
+    finally:
+        kernel.shutdown()
 
 
 def test_tunables_and_code_extraction():

@@ -42,7 +42,7 @@ from aios.sched_ext.compose import (
     generate,
 )
 from aios.sdk.agent import Agent
-from aios.sdk.calls import memory_add, storage_put, tool_call
+from aios.sdk.calls import memory_add, storage_list, storage_put, storage_search, tool_call
 from aios.sdk.runtime import chat
 
 # ------------------------------------------------------------------------------------ goals
@@ -286,8 +286,8 @@ class SchedAgent(Agent):
                 "error": f"{err.type}: {err.message}"[:2000],
             }
 
-    def _llm(self, st: _State, prompt: str, **request: Any) -> str:
-        res = chat([{"role": "user", "content": prompt}], **request)
+    def _llm(self, st: _State, prompt: str | list[dict[str, str]], **request: Any) -> str:
+        res = chat([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt, **request)
         st.cost.llm_calls += 1
         st.cost.prompt_tokens += res.response.prompt_tokens
         st.cost.completion_tokens += res.response.completion_tokens
@@ -338,13 +338,20 @@ class SchedAgent(Agent):
 
     # -- planning -------------------------------------------------------------------------------------
     def infer_goal(self, st: _State) -> str:
-        """The LLM picks one goal from ``GOALS`` (constrained decoding: always a valid answer)."""
+        """The LLM picks one goal from ``GOALS`` (constrained decoding: always a valid answer).
+
+        Its worked examples are the ones nearest the user's words in storage; a goal the user named
+        outright becomes a new example (learning what their words mean).
+        """
         st.goal = infer_goal(
             lambda prompt, choices: self._llm(st, prompt, choices=choices, max_new_tokens=16),
             st.task.workload,
             st.task.goal,
             st.profile,
+            examples=goal_examples,
         )
+        if st.task.goal and explicit_goal(st.task.goal) == st.goal:
+            remember_goal_example(st.task.goal, st.goal)
         st.metric, st.higher = goal_metric(st.goal, _workload(st.task.workload))
         self._memory_add(f"goal for {st.task.workload}: {st.goal} (metric {st.metric})", kind="goal")
         self.progress(
@@ -726,40 +733,137 @@ GOAL_LABELS: dict[str, str] = {
     "throughput": "maximize throughput",
     "p99 latency": "minimize p99 wake-up latency",
 }
-#: Worked examples for the goal prompt (none of them is an evaluation workload): a small model
-#: follows examples far better than instructions.
-GOAL_SHOTS: list[tuple[str, str]] = [
+#: Worked examples for the goal prompt, six per goal, each from another domain than the evaluation
+#: workloads (none of them is one). A small model follows examples far better than instructions,
+#: and it follows the *closest* examples best: the planner retrieves the few nearest to the user's
+#: words from storage (``goal_examples``) instead of showing one fixed list.
+GOAL_EXAMPLES: list[tuple[str, str]] = [
+    # makespan: the result is usable only when the whole set is done
     (
-        "Render 30 video segments (one is much longer); the film is published only after every segment "
-        "is rendered.",
+        "Render 30 video segments (one is much longer); the film is published only after every segment is rendered.",
         "makespan",
-    ),
-    (
-        "Resize 60 user photos (one is huge); each user sees their own photo as soon as it is resized.",
-        "mean completion time",
-    ),
-    (
-        "A web server's message threads wake worker threads for each request; users notice slow replies.",
-        "p99 latency",
-    ),
-    (
-        "Stream records through filter and encode stages; the score is records handled per second.",
-        "throughput",
     ),
     (
         "Run 50 test files (one is slow); the release is tagged only when all test files have passed.",
         "makespan",
     ),
     (
+        "Train 12 model shards in parallel; the ensemble can be evaluated only once every shard has finished.",
+        "makespan",
+    ),
+    (
+        "Convert 80 map tiles (a few are large) into one atlas that is written after the last tile is converted.",
+        "makespan",
+    ),
+    (
+        "Back up 20 databases (one is huge); the nightly backup counts as done when the last database is copied.",
+        "makespan",
+    ),
+    (
+        "Generate 64 report sections in parallel, then a final step that concatenates all of them into the report.",
+        "makespan",
+    ),
+    # mean completion: each job's result is useful on its own, as soon as it is done
+    (
+        "Resize 60 user photos (one is huge); each user sees their own photo as soon as it is resized.",
+        "mean completion time",
+    ),
+    (
         "Transcode 25 uploaded clips; every uploader is notified the moment their own clip is done.",
         "mean completion time",
+    ),
+    (
+        "Answer 30 independent search queries (one is expensive); each reply is sent to its caller when ready.",
+        "mean completion time",
+    ),
+    (
+        "Scan 45 uploaded attachments for viruses; each attachment is delivered as soon as its own scan is clean.",
+        "mean completion time",
+    ),
+    (
+        "Build 20 separate preview thumbnails for a gallery; each thumbnail appears on the page as soon as it exists.",
+        "mean completion time",
+    ),
+    (
+        "Grade 100 student submissions (one is big); each student gets their own grade the moment it is ready.",
+        "mean completion time",
+    ),
+    # throughput: a continuous stream, rated in items per unit time
+    (
+        "Stream records through filter and encode stages; the score is records handled per second.",
+        "throughput",
     ),
     (
         "A message broker moves events from producers to consumers; it is rated in events per second.",
         "throughput",
     ),
+    (
+        "A chain of worker processes passes packets along pipes; what counts is packets processed per second.",
+        "throughput",
+    ),
+    (
+        "An ingest service parses a never-ending feed of log lines; its capacity is lines parsed per second.",
+        "throughput",
+    ),
+    ("A video pipeline decodes, filters and encodes frames; the target is frames per second.", "throughput"),
+    (
+        "Hash a queue of incoming blocks as fast as possible; the operator watches blocks hashed per minute.",
+        "throughput",
+    ),
+    # p99 latency: something wakes often and must run at once
+    (
+        "A web server's message threads wake worker threads for each request; users notice slow replies.",
+        "p99 latency",
+    ),
     ("A game loop wakes 8 threads every frame; a thread that wakes late drops a frame.", "p99 latency"),
+    ("An audio callback runs every 2 ms; a late wake-up is an audible glitch.", "p99 latency"),
+    (
+        "A trading gateway wakes a handler for each market tick; the slowest 1% of reactions loses money.",
+        "p99 latency",
+    ),
+    (
+        "A key-value cache answers small requests from many clients; the tail of response times matters most.",
+        "p99 latency",
+    ),
+    (
+        "A robot controller thread sleeps and wakes on a 1 ms timer; missing a deadline makes the arm jerk.",
+        "p99 latency",
+    ),
 ]
+#: Storage keys of the worked examples (the seeds, then goals users named outright).
+GOAL_EXAMPLE_PREFIX = "goal-examples/"
+
+
+def goal_examples(request: str, k: int = 4) -> list[tuple[str, str]]:
+    """The ``k`` worked examples closest in meaning to ``request``, most similar last.
+
+    Retrieval-chosen few-shot prompting, through storage syscalls: the examples live in the calling
+    agent's storage (seeded with ``GOAL_EXAMPLES`` on first use, then grown by
+    ``remember_goal_example``), and the vector DB picks the nearest. Most similar last because a
+    small model leans towards the example it read most recently.
+    """
+    have = {i["key"] for i in storage_list(GOAL_EXAMPLE_PREFIX, limit=10_000)}
+    for i, (text, label) in enumerate(GOAL_EXAMPLES):
+        key = f"{GOAL_EXAMPLE_PREFIX}seed-{i:02d}"
+        if key not in have:
+            storage_put(key, text, {"goal": label, "source": "seed"})
+    hits = storage_search(request, k=k, prefix=GOAL_EXAMPLE_PREFIX)
+    return [
+        (h["content"], h["metadata"]["goal"])
+        for h in reversed(hits)
+        if h["metadata"].get("goal") in GOAL_LABELS
+    ]
+
+
+def remember_goal_example(request: str, goal: str) -> None:
+    """Keep a request whose goal the user named outright as a worked example for later inference."""
+    label = next((lbl for lbl, phrase in GOAL_LABELS.items() if phrase == goal), None)
+    if label is None or not request.strip():
+        return
+    key = f"{GOAL_EXAMPLE_PREFIX}user-{hashlib.sha256(request.encode()).hexdigest()[:16]}"
+    storage_put(key, request, {"goal": label, "source": "user"})
+
+
 #: Words by which a user names a goal outright (then no inference is needed).
 _EXPLICIT: list[tuple[tuple[str, ...], str]] = [
     (("p99", "tail latency", "wake-up latency", "wakeup latency", "latency"), "minimize p99 wake-up latency"),
@@ -781,25 +885,42 @@ def explicit_goal(user_goal: str | None) -> str | None:
     return None
 
 
-def goal_prompt(request: str, profile_text: str = "") -> str:
-    """The few-shot goal prompt: worked examples, then the user's request and the observed profile."""
-    head = (
-        "For each workload, name what its user waits for: makespan, mean completion time, throughput "
-        "or p99 latency.\n\n"
-    )
-    shots = "".join(f"Workload: {d}\nGoal: {g}\n\n" for d, g in GOAL_SHOTS)
+#: What the goal prompt asks, as its system message.
+GOAL_INSTRUCTION = "For each workload, name what its user waits for: makespan, mean completion time, throughput or p99 latency."
+
+
+def goal_messages(
+    request: str, profile_text: str = "", examples: list[tuple[str, str]] | None = None
+) -> list[dict[str, str]]:
+    """The few-shot goal prompt as a chat: each worked example is a user turn (the workload) and an
+    assistant turn (its goal), then the user's request with the observed profile.
+
+    A chat model was tuned on turns, so it copies an answer pattern from earlier assistant turns
+    more faithfully than from a transcript pasted into one message. Without ``examples``: one
+    example per goal (showing all of them drowns a small model: measured 0/8 with SmolLM2).
+    """
+    msgs = [{"role": "system", "content": GOAL_INSTRUCTION}]
+    for text, label in examples if examples is not None else GOAL_EXAMPLES[::6]:
+        msgs += [{"role": "user", "content": f"Workload: {text}"}, {"role": "assistant", "content": label}]
     observed = f" Observed: {profile_text}" if profile_text else ""
-    return head + shots + f"Workload: {request}{observed}\nGoal:"
+    msgs.append({"role": "user", "content": f"Workload: {request}{observed}"})
+    return msgs
 
 
 def infer_goal(
-    ask: Callable[[str, list[str]], str], workload: str, user_goal: str | None, profile: dict[str, Any]
+    ask: Callable[[list[dict[str, str]], list[str]], str],
+    workload: str,
+    user_goal: str | None,
+    profile: dict[str, Any],
+    examples: Callable[[str], list[tuple[str, str]]] | None = None,
 ) -> str:
     """One goal of ``GOALS`` from the user's words and the profile.
 
     A goal the user named outright is taken as said.  Otherwise the model is asked —
-    ``ask(prompt, choices)`` is an LLM call constrained to ``choices``, so the answer is always a
+    ``ask(messages, choices)`` is an LLM call constrained to ``choices``, so the answer is always a
     valid label; an unconstrained model's free text is mapped to the first label it mentions.
+    ``examples(request)`` picks the worked examples for the prompt (``goal_examples`` retrieves
+    the nearest from storage); without it the prompt shows one example per goal.
     """
     named = explicit_goal(user_goal)
     if named is not None:
@@ -807,7 +928,8 @@ def infer_goal(
     wl = _workload(workload)
     request = user_goal or profile.get("description") or (wl.description if wl is not None else workload)
     shape = _fmt_profile(profile, 240) if profile.get("text") else ""
-    answer = ask(goal_prompt(request, shape), list(GOAL_LABELS)).strip()
+    shots = examples(request) if examples is not None else None
+    answer = ask(goal_messages(request, shape, shots), list(GOAL_LABELS)).strip()
     if answer in GOAL_LABELS:
         return GOAL_LABELS[answer]
     low = answer.lower()
