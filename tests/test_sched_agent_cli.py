@@ -84,6 +84,8 @@ def test_optimize_end_to_end_with_doubles(tmp_path, monkeypatch, capsys):
     assert "iter 1:" in text and "candidate" in text and "winner:" in text and "cost:" in text
     assert "verification runs" in text and "LLM tokens" in text
     report = json.loads(Path(out).read_text())
-    assert report["workload"] == "batch" and len(report["iterations"]) == 3
+    # round 1 screens the 6 closest repository schedulers together; rounds 2 and 3 one candidate each
+    origins = [it["origin"] for it in report["iterations"]]
+    assert report["workload"] == "batch" and origins.count("repository") == 6 and len(origins) == 8
     if report["accepted"]:
         assert "longest" in report["winner_source"] and report["improvement"] == pytest.approx(0.3)

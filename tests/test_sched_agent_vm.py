@@ -83,7 +83,14 @@ def test_loop_with_real_toolchain_on_tiny_kernel(tiny_lm, tmp_path):
         tools_used = {s.request.name for s in kernel.history(agent="sched-agent", kind="tool")}
     report = OptimizeReport.model_validate(run.output)
     print("\n".join(lines))
-    assert {"sched_profile", "sched_search", "sched_verify", "sched_measure", "sched_record"} <= tools_used
+    assert {
+        "sched_profile",
+        "sched_search",
+        "sched_screen",
+        "sched_verify",
+        "sched_measure",
+        "sched_record",
+    } <= tools_used
     assert 1 <= len(report.iterations) <= 2 and report.iterations[0].origin == "repository"
     for it in report.iterations:
         if it.verdict.ok:

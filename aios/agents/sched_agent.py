@@ -10,10 +10,13 @@ The loop is SchedCP's in-context reinforcement learning with four roles:
 
 * **observation** — the cheapest profile tier first, kept in memory;
 * **planning** — the LLM infers the goal from the user's words and the profile (constrained to the
-  goal list with ``choices``, so even the embedded SmolLM2 answers validly) and proposes a
-  candidate: a repository scheduler with tunables, or a new one (compose mode: building blocks
-  chosen field by field with ``choices``; write mode: BPF C written by the model);
-* **execution** — compile, verify (all stages), measure against EEVDF in one VM boot;
+  goal list with ``choices``, so even the embedded SmolLM2 answers validly; its worked examples are
+  the nearest ones in storage) and proposes a candidate: a repository scheduler with a tunable
+  changed, or a new one (compose mode: building blocks chosen field by field with ``choices``;
+  write mode: BPF C written by the model);
+* **execution** — round one screens the repository's closest schedulers together (one boot to
+  verify them all, one to measure them all against EEVDF); each later round compiles, verifies
+  (all stages) and measures one candidate against EEVDF in one VM boot;
 * **learning** — every result goes to the policy repository and the agent's storage; verifier
   errors and measurements are fed into the next round; the loop stops when gains flatten or the
   budget (iterations, wall time, tokens) is spent, and never ends worse than EEVDF: the default is
@@ -97,7 +100,7 @@ class Budget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    iterations: int = Field(5, ge=1, le=100)
+    iterations: int = Field(5, ge=1, le=100, description="rounds; the opening screen of seeds is one")
     time_s: float = Field(3600.0, gt=0)
     tokens: int = Field(100_000, ge=1)
 
@@ -115,7 +118,12 @@ class OptimizeTask(BaseModel):
     stress_s: float = Field(60.0, ge=0, description="stress run of the final candidate before acceptance")
     min_gain: float = Field(0.03, ge=0, description="relative improvement a candidate must beat EEVDF by")
     patience: int = Field(2, ge=1, description="stop after this many rounds without a better candidate")
-    seeds: int = Field(2, ge=0, le=10, description="repository schedulers tried before new ones")
+    seeds: int = Field(
+        6,
+        ge=0,
+        le=20,
+        description="repository schedulers screened together in the first round (two VM boots in all)",
+    )
     deploy: bool = False
     profile_tier: str = "summary"
     deep_profile: bool = Field(
@@ -216,6 +224,8 @@ class _State:
     started: float = field(default_factory=time.time)
     feedback: list[str] = field(default_factory=list)
     blocks: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate -> its building blocks
+    rounds: int = 0
+    stale_rounds: int = 0  # rounds in a row that found nothing better than ``best``
 
 
 _CODE_RE = re.compile(r"```(?:c|C|bpf)?\s*\n(.*?)```", re.S)
@@ -364,50 +374,38 @@ class SchedAgent(Agent):
             return "No candidates tried yet."
         return "\n".join(st.feedback[-limit:])
 
-    def _pick_seed(self, st: _State) -> _Candidate | None:
-        """A repository scheduler the LLM picks from the search hits (by name, constrained)."""
-        names = [h["name"] for h in st.hits if h.get("source") and h["name"] not in st.tried]
-        if not names:
-            return None
-        if len(names) == 1:
-            name = names[0]
-        else:
-            menu = "\n".join(
-                f"- {h['name']}: {h.get('description', '')[:160]}" for h in st.hits if h["name"] in names
-            )
-            prompt = (
-                f"Goal: {st.goal} for workload {st.task.workload}.\nProfile: {_fmt_profile(st.profile, 400)}\n"
-                f"Results so far:\n{self._feedback_text(st)}\nRepository schedulers:\n{menu}\n"
-                "Which scheduler should be measured next? Answer with its name."
-            )
-            name = self._llm(st, prompt, choices=names, max_new_tokens=16).strip()
-        hit = next(h for h in st.hits if h["name"] == name)
-        return _Candidate(name=name, origin="repository", source=hit["source"], detail="seed", base=name)
-
     def _tune(self, st: _State) -> _Candidate | None:
-        """The best measured repository/composed scheduler with one tunable scaled (LLM picks)."""
+        """The best measured scheduler with one of its time tunables (``*_ns``) halved or doubled.
+
+        The LLM picks the change from a menu of untried ones, with the results so far in context.
+        """
         if st.best is None or st.best.name not in st.sources:
             return None
-        base_src = st.sources[st.best.name]
-        tun = source_tunables(base_src)
-        if "slice_ns" not in tun:
-            return None
-        options = {"halve the time slice": 0.5, "double the time slice": 2.0, "quarter the time slice": 0.25}
-        options = {k: v for k, v in options.items() if f"{st.best.name}+slice{v}" not in st.tried}
+        base, base_src = st.best.name, st.sources[st.best.name]
+        tun = {k: v for k, v in source_tunables(base_src).items() if k.endswith("_ns") and v > 0}
+        options: dict[str, tuple[str, float]] = {}
+        for knob in tun:
+            for verb, factor in (("halve", 0.5), ("double", 2.0)):
+                if f"{base}+{knob}x{factor}" not in st.tried:
+                    options[f"{verb} {knob}"] = (knob, factor)
         if not options:
             return None
+        current = ", ".join(f"{k}={v}" for k, v in tun.items())
         prompt = (
-            f"Goal: {st.goal}. The best scheduler so far is {st.best.name} "
-            f"({st.best.improvement or 0:+.1%} vs EEVDF) with slice_ns={tun['slice_ns']}.\n"
-            f"Results so far:\n{self._feedback_text(st)}\nHow should its time slice change?"
+            f"Goal: {st.goal}. The best scheduler so far is {base} "
+            f"({st.best.improvement or 0:+.1%} vs EEVDF) with {current}.\n"
+            f"Results so far:\n{self._feedback_text(st)}\nWhich change should be measured next?"
         )
         choice = self._llm(st, prompt, choices=list(options), max_new_tokens=16).strip()
-        factor = options.get(choice, next(iter(options.values())))
-        new = {"slice_ns": max(500_000, int(tun["slice_ns"] * factor))}
-        src = set_tunables(base_src, new)
-        name = f"{st.best.name}+slice{factor}"
+        knob, factor = options.get(choice, next(iter(options.values())))
+        new = {knob: max(100_000, int(tun[knob] * factor))}
         return _Candidate(
-            name=name, origin="tuned", source=src, detail=f"slice_ns={new['slice_ns']}", tunables=new
+            name=f"{base}+{knob}x{factor}",
+            origin="tuned",
+            source=set_tunables(base_src, new),
+            detail=f"{knob}={new[knob]}",
+            tunables=new,
+            base=base.split("+", 1)[0],
         )
 
     def _compose(self, st: _State) -> _Candidate | None:
@@ -508,20 +506,11 @@ class SchedAgent(Agent):
             ]
         return _Candidate(name=name, origin="write", source=source, detail="unrepaired") if source else None
 
-    def plan(self, st: _State, index: int) -> _Candidate | None:
-        """Seeds first (the repository's best guesses), then new schedulers, tuning the best between."""
-        if index <= st.task.seeds:
-            cand = self._pick_seed(st)
-            if cand is not None:
-                return cand
+    def plan(self, st: _State) -> _Candidate | None:
+        """After the screen: new schedulers, and every third round a tuning of the best so far."""
         if st.task.mode == "write":
             return self._write(st)
-        if (
-            st.best is not None
-            and (st.best.improvement or 0) > 0
-            and st.best.origin != "tuned"
-            and index % 3 == 0
-        ):
+        if st.best is not None and (st.best.improvement or 0) > 0 and st.rounds % 3 == 0:
             cand = self._tune(st)
             if cand is not None:
                 return cand
@@ -532,6 +521,64 @@ class SchedAgent(Agent):
         st.cost.verify_runs += 1
         out = self._tool_or_error(st, "sched_verify", source=source, stages=stages)
         return Verdict(ok=bool(out["ok"]), stage=out.get("stage", ""), reason=out.get("reason", ""))
+
+    def screen(self, st: _State) -> list[tuple[_Candidate, IterationRecord]]:
+        """Round one: the repository's closest schedulers, verified together and measured together.
+
+        Every seed is measured against EEVDF in the same boot, so the loop starts from the best of
+        them (and never ends below it) instead of guessing which one to try first.
+        """
+        cands = [
+            _Candidate(name=h["name"], origin="repository", source=h["source"], detail="seed", base=h["name"])
+            for h in st.hits[: st.task.seeds]
+            if h.get("source") and h["name"] not in st.tried
+        ]
+        if not cands:
+            return []
+        t0 = time.time()
+        st.cost.verify_runs += 1
+        st.cost.measure_runs += 1
+        try:
+            outs = self._tool(
+                st,
+                "sched_screen",
+                sources=[c.source for c in cands],
+                workload=st.task.workload,
+                reps=st.task.reps,
+            )
+        except SyscallFailed as exc:  # the round is lost, not the run: every seed records why
+            bad = {"ok": False, "stage": "tool", "reason": f"{exc.error.type}: {exc.error.message}"[:2000]}
+            outs = [{"verdict": bad, "measurement": None}] * len(cands)
+        done = []
+        for cand, out in zip(cands, outs, strict=True):
+            v = out["verdict"]
+            rec = IterationRecord(
+                index=len(st.records) + len(done) + 1,
+                name=cand.name,
+                origin=cand.origin,
+                detail=cand.detail,
+                verdict=Verdict(ok=bool(v["ok"]), stage=v.get("stage", ""), reason=v.get("reason", "")),
+                metric=st.metric,
+            )
+            self._score(st, rec, out.get("measurement"))
+            rec.seconds = (time.time() - t0) / len(cands)
+            rec.digest = hashlib.sha256(cand.source.encode()).hexdigest()[:12]
+            done.append((cand, rec))
+        return done
+
+    def _score(self, st: _State, rec: IterationRecord, m: dict[str, Any] | None) -> None:
+        """Fill ``rec`` from a measurement summary (the goal's metric, candidate vs EEVDF)."""
+        if not rec.verdict.ok or m is None:
+            return
+        if not m.get("ok"):
+            rec.verdict = Verdict(ok=False, stage="measure", reason=m.get("error", "measurement failed"))
+            return
+        base, value = m["baseline"].get(st.metric), m["candidate"].get(st.metric)
+        if base is not None and value is not None and base > 0 and value > 0:
+            rec.baseline, rec.candidate = float(base), float(value)
+            ratio = value / base if st.higher else base / value
+            rec.improvement = ratio - 1.0
+            rec.spread = (m.get("spread") or {}).get(st.metric)
 
     def execute(self, st: _State, cand: _Candidate, index: int) -> IterationRecord:
         t0 = time.time()
@@ -549,15 +596,7 @@ class SchedAgent(Agent):
             m = self._tool(
                 st, "sched_measure", source=cand.source, workload=st.task.workload, reps=st.task.reps
             )
-            if m.get("ok"):
-                base, value = m["baseline"].get(st.metric), m["candidate"].get(st.metric)
-                if base is not None and value is not None and base > 0 and value > 0:
-                    rec.baseline, rec.candidate = float(base), float(value)
-                    ratio = value / base if st.higher else base / value
-                    rec.improvement = ratio - 1.0
-                    rec.spread = (m.get("spread") or {}).get(st.metric)
-            else:
-                rec.verdict = Verdict(ok=False, stage="measure", reason=m.get("error", "measurement failed"))
+            self._score(st, rec, m)
         rec.seconds = time.time() - t0
         rec.digest = hashlib.sha256(cand.source.encode()).hexdigest()[:12]
         return rec
@@ -609,11 +648,8 @@ class SchedAgent(Agent):
         return ""
 
     def _flattened(self, st: _State) -> bool:
-        """No better candidate in the last ``patience`` rounds (after the seeds)."""
-        if len(st.records) < st.task.seeds + st.task.patience:
-            return False
-        recent = st.records[-st.task.patience :]
-        return st.best is not None and all(r is not st.best for r in recent)
+        """No better candidate in the last ``patience`` rounds."""
+        return st.best is not None and st.stale_rounds >= st.task.patience
 
     # -- the whole run --------------------------------------------------------------------------------
     def run(self, task: Any) -> dict[str, Any]:
@@ -622,32 +658,45 @@ class SchedAgent(Agent):
         self.observe(st)
         self.infer_goal(st)
         self.observe_deeper(st)
-        st.hits = self._tool(st, "sched_search", query=f"{st.goal}. {_fmt_profile(st.profile, 300)}", k=4)
+        st.hits = self._tool(
+            st, "sched_search", query=f"{st.goal}. {_fmt_profile(st.profile, 300)}", k=max(4, task.seeds)
+        )
         stop = ""
-        for index in range(1, task.budget.iterations + 1):
+        while True:
             stop = self._out_of_budget(st)
             if stop:
                 break
-            cand = self.plan(st, index)
-            if cand is None:
-                stop = "no untried candidates"
+            if st.rounds >= task.budget.iterations:
+                stop = "iteration budget spent"
                 break
-            rec = self.execute(st, cand, index)
-            self.learn(st, cand, rec)
-            verdict = "ok" if rec.verdict.ok else f"rejected@{rec.verdict.stage}: {rec.verdict.reason[:80]}"
-            vs = (
-                ""
-                if rec.improvement is None
-                else f" {st.metric} {rec.candidate:.4g} vs EEVDF {rec.baseline:.4g} ({rec.improvement:+.1%})"
-            )
-            self.progress(f"iter {index}: {cand.name} [{cand.origin}] {verdict}{vs}")
+            best_before = st.best
+            if st.rounds == 0 and task.seeds > 0:
+                done = self.screen(st)
+            else:
+                cand = self.plan(st)
+                if cand is None:
+                    stop = "no untried candidates"
+                    break
+                done = [(cand, self.execute(st, cand, len(st.records) + 1))]
+            st.rounds += 1
+            for cand, rec in done:
+                self.learn(st, cand, rec)
+                self._report_progress(st, cand, rec)
+            st.stale_rounds = 0 if st.best is not best_before else st.stale_rounds + 1
             if self._flattened(st):
                 stop = "gains flattened"
                 break
-        else:
-            stop = "iteration budget spent"
         report = self.finish(st, stop)
         return report.model_dump()
+
+    def _report_progress(self, st: _State, cand: _Candidate, rec: IterationRecord) -> None:
+        verdict = "ok" if rec.verdict.ok else f"rejected@{rec.verdict.stage}: {rec.verdict.reason[:80]}"
+        vs = (
+            ""
+            if rec.improvement is None
+            else f" {st.metric} {rec.candidate:.4g} vs EEVDF {rec.baseline:.4g} ({rec.improvement:+.1%})"
+        )
+        self.progress(f"iter {rec.index}: {cand.name} [{cand.origin}] {verdict}{vs}")
 
     def finish(self, st: _State, stop: str) -> OptimizeReport:
         """Accept the best candidate only if it beat EEVDF beyond its spread and survives the stress run."""

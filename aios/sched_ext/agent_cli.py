@@ -73,7 +73,9 @@ def add_optimize_subcommand(sched_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--budget", default="5", help="iterations, or iterations=N,time=20m,tokens=N")
     p.add_argument("--reps", type=int, default=3, help="repetitions per measurement")
     p.add_argument("--stress-seconds", type=float, default=60.0, help="stress run of the final candidate")
-    p.add_argument("--seeds", type=int, default=2, help="repository schedulers to try first")
+    p.add_argument(
+        "--seeds", type=int, default=6, help="repository schedulers screened together in round one"
+    )
     p.add_argument(
         "--model", default="smollm2", help="kernel LLM: smollm2, a local model, or openai:URL#MODEL"
     )

@@ -6,7 +6,7 @@ record) goes through the kernel's ToolManager — access-controlled (``sched_dep
 only), serialised where it must be (one micro-VM at a time on a small machine: the VM tools share
 one exclusive group) and audited like any other syscall.
 
-Safety is enforced here, not trusted to the agent: ``sched_measure``, ``sched_stress`` and
+Safety is enforced here, not trusted to the agent: ``sched_measure``, ``sched_screen``, ``sched_stress`` and
 ``sched_deploy`` refuse any source whose exact bytes did not pass every verifier stage in this
 toolbox, and every load (VM or host) is appended to ``SchedToolbox.loads`` with the digest of the
 program, so a test can assert that nothing unverified was ever loaded.
@@ -376,6 +376,29 @@ class SchedToolbox:
             return {"ok": False, "error": str(exc)[:2000]}
         return measure_summary(res)
 
+    def screen(self, sources: list[str], workload: str, reps: int = 2) -> list[dict[str, Any]]:
+        """Several programs at once: the ones not yet verified go through every verifier stage in
+        one boot, then every one that passed is measured against EEVDF, all interleaved in a second
+        boot. Two boots instead of two per program is what makes screening a whole repository
+        affordable under TCG. Per program, in order: its verdict and (if it passed) its measurement.
+        """
+        from aios.sched_ext.measure import MeasureError
+
+        unique = list(dict.fromkeys(sources))
+        verdicts = dict(zip(unique, self.verify_batch(unique), strict=True))
+        passed = [s for s in unique if verdicts[s]["ok"]]
+        measured: dict[str, dict[str, Any]] = {}
+        if passed:
+            objs = [self.verified_object(s) for s in passed]
+            for s in passed:
+                self.loads.append(LoadRecord(digest(s), ops_name(s) or "", "vm-measure", True))
+            try:
+                by_label = {r.scheduler: r for r in self.backend.measure_objects(objs, workload, reps)}
+                measured = {s: measure_summary(by_label[self.label(s)]) for s in passed}
+            except MeasureError as exc:
+                measured = {s: {"ok": False, "error": str(exc)[:2000]} for s in passed}
+        return [{"verdict": verdicts[s], "measurement": measured.get(s)} for s in sources]
+
     def stress(self, source: str, seconds: float = 60.0) -> dict[str, Any]:
         """Run a stress mix for ``seconds`` under the scheduler: it must stay enabled throughout."""
         obj = self.verified_object(source)
@@ -471,6 +494,10 @@ def register_sched_tools(kernel: Any, box: SchedToolbox, *, vm_timeout: float = 
         """Measure a verified scheduler against EEVDF on a workload in one micro-VM boot."""
         return box.measure(source, workload, reps)
 
+    def sched_screen(sources: list[str], workload: str, reps: int = 2) -> list[dict[str, Any]]:
+        """Verify several schedulers (one boot) and measure those that pass against EEVDF (one boot)."""
+        return box.screen(sources, workload, reps)
+
     def sched_stress(source: str, seconds: float = 60.0) -> dict[str, Any]:
         """Run a stress mix under a verified scheduler; it must stay enabled the whole time."""
         return box.stress(source, seconds)
@@ -489,6 +516,7 @@ def register_sched_tools(kernel: Any, box: SchedToolbox, *, vm_timeout: float = 
         (sched_compile, {"timeout": 300.0}),
         (sched_verify, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
         (sched_measure, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
+        (sched_screen, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
         (sched_stress, {"exclusive": VM_GROUP, "timeout": vm_timeout}),
         (sched_deploy, {"timeout": 300.0, "groups": ("admin",)}),
         (sched_record, {"timeout": 300.0}),
