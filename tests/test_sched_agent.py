@@ -333,6 +333,31 @@ def test_gains_flatten_stop(tmp_path):
     assert report.accepted and report.improvement == pytest.approx(0.2)
 
 
+def test_confirmation_undoes_a_lucky_measurement(tmp_path):
+    """A new scheduler that measured +50% once (luck) but +5% when measured again loses, in the
+    confirmation boot, to a seed that measures +20% every time: the winner's curse is undone."""
+    seen: dict[str, int] = collections.Counter()
+
+    def gain(src: str) -> float:
+        seen[src] += 1
+        if "aios_fifo" in src:
+            return 0.2
+        if "cmp_" in src:
+            return 0.5 if seen[src] == 1 else 0.05
+        return -0.1
+
+    backend = FakeBackend(tmp_path / "repo", gain=gain)
+    with _kernel(tmp_path, RecordedLLM()) as kernel:
+        task = OptimizeTask(workload="batch", budget=Budget(iterations=2), stress_s=60)
+        report, box, lines = _run(kernel, backend, task, tmp_path)
+    loop_best = max(report.iterations, key=lambda r: r.improvement or -1)
+    assert loop_best.origin == "compose" and loop_best.improvement == pytest.approx(0.5)
+    assert {r.name for r in report.confirmation} == {loop_best.name, "fifo"}
+    assert report.accepted and report.winner == "fifo" and report.improvement == pytest.approx(0.2)
+    assert any(line.startswith("confirm") for line in lines)
+    _assert_safe(box, backend)
+
+
 def test_unverified_program_is_refused(tmp_path):
     backend = FakeBackend(tmp_path / "repo")
     box = SchedToolbox(backend=backend, workdir=tmp_path / "work")
