@@ -200,6 +200,11 @@ class OptimizeReport(BaseModel):
             else:
                 vs = f"{it.candidate:.4g} vs {it.baseline:.4g} ({it.improvement:+.1%})"
             rows.append(f"{it.index:>2}  {it.name[:32]:<32} {it.origin:<10} {verdict[:22]:<22} {vs:>26}")
+        if self.confirmation:
+            rows.append("confirmation (the best candidates measured again, together, in one boot):")
+            for it in self.confirmation:
+                vs = "-" if it.improvement is None else f"{it.improvement:+.1%}"
+                rows.append(f"{it.index:>2}  {it.name[:32]:<32} {it.origin:<10} {'':<22} {vs:>26}")
         return "\n".join(rows)
 
 
