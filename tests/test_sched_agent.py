@@ -358,6 +358,29 @@ def test_confirmation_undoes_a_lucky_measurement(tmp_path):
     _assert_safe(box, backend)
 
 
+def test_a_stress_failure_hands_over_to_the_next_contender(tmp_path):
+    """The metric's winner stalls under the stress mix: it is recorded with its reason and the next
+    confirmed contender (a seed that passes) wins instead of falling back to EEVDF at once."""
+    backend = FakeBackend(
+        tmp_path / "repo", gain=lambda src: 0.5 if "cmp_" in src else (0.2 if "aios_fifo" in src else -0.1)
+    )
+
+    def stress(obj: Path, seconds: float) -> Any:  # the double's object path is the source's
+        backend.stressed.append(obj)
+        stalls = "cmp_" in Path(obj).read_text()
+        return SimpleNamespace(ok=not stalls, reason="watchdog: runnable task stall" if stalls else "")
+
+    backend.stress = stress
+    with _kernel(tmp_path, RecordedLLM()) as kernel:
+        task = OptimizeTask(workload="batch", budget=Budget(iterations=2), stress_s=60)
+        report, box, lines = _run(kernel, backend, task, tmp_path)
+    assert report.stress_failures and all("cmp_" in f["name"] for f in report.stress_failures)
+    assert "stall" in report.stress_failures[0]["reason"]
+    assert report.accepted and report.winner == "fifo" and report.improvement == pytest.approx(0.2)
+    assert len(backend.stressed) == len(report.stress_failures) + 1
+    _assert_safe(box, backend)
+
+
 def test_unverified_program_is_refused(tmp_path):
     backend = FakeBackend(tmp_path / "repo")
     box = SchedToolbox(backend=backend, workdir=tmp_path / "work")

@@ -186,6 +186,10 @@ class OptimizeReport(BaseModel):
     confirmation: list[IterationRecord] = Field(
         default_factory=list, description="the best candidates re-measured together in one boot"
     )
+    stress_failures: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="candidates that won on the metric but failed the stress run, and why",
+    )
     stop_reason: str = ""
     deployed: dict[str, Any] | None = None
     cost: Cost = Field(default_factory=Cost)
@@ -587,13 +591,15 @@ class SchedAgent(Agent):
             done.append((cand, rec))
         return done
 
-    def confirm(self, st: _State) -> IterationRecord | None:
-        """The best few candidates measured again, together, in one fresh boot; the best there wins.
+    def confirm(self, st: _State) -> list[IterationRecord]:
+        """The best few candidates (and the best seed) measured again, together, in one fresh boot;
+        returned best first.
 
         Why: the loop's best is the maximum of many noisy measurements, each against its own boot's
         EEVDF, so it is biased upwards (the winner's curse: under TCG one program's ratio moves by
         tens of percent between boots). Measuring the contenders side by side with more repetitions
-        gives an unbiased comparison between them and an honest gain over EEVDF.
+        gives an unbiased comparison between them and an honest gain over EEVDF. The best repository
+        scheduler always takes part, so a new one wins only by beating it side by side.
         """
         ranked = sorted(
             (r for r in st.records if r.verdict.ok and (r.improvement or 0.0) > 0),
@@ -604,8 +610,11 @@ class SchedAgent(Agent):
             if all(r.digest != t.digest for t in top):
                 top.append(r)
         top = top[: st.task.confirm]
+        best_seed = next((r for r in ranked if r.origin == "repository"), None)
+        if best_seed is not None and all(best_seed.digest != t.digest for t in top):
+            top.append(best_seed)
         if not top:
-            return None
+            return []
         reps = max(3, st.task.reps + 1)
         self.progress(f"confirm: {', '.join(r.name for r in top)} measured together ({reps} reps)")
         cands = [
@@ -618,7 +627,7 @@ class SchedAgent(Agent):
             st.confirmation.append(rec)
             self._report_progress(st, cand, rec, prefix="confirm")
         measured = [r for r in st.confirmation if r.improvement is not None]
-        return max(measured, key=lambda r: r.improvement or 0.0, default=None)
+        return sorted(measured, key=lambda r: -(r.improvement or 0.0))
 
     def _score(self, st: _State, rec: IterationRecord, m: dict[str, Any] | None) -> None:
         """Fill ``rec`` from a measurement summary (the goal's metric, candidate vs EEVDF)."""
@@ -764,12 +773,18 @@ class SchedAgent(Agent):
             iterations=st.records,
             stop_reason=stop,
         )
-        best = self.confirm(st) if st.task.confirm > 0 and not self._out_of_budget(st) else st.best
+        if st.task.confirm > 0 and not self._out_of_budget(st):
+            contenders = self.confirm(st)
+        else:
+            contenders = [st.best] if st.best is not None else []
         report.confirmation = st.confirmation
-        threshold = st.task.min_gain
-        if best is not None and best.spread is not None:
-            threshold = max(threshold, best.spread)
-        if best is not None and (best.improvement or 0.0) > threshold:
+        # best first: the first that beats EEVDF beyond its spread and survives the stress run wins;
+        # one that fails the stress run hands over to the next (at most ``confirm`` tries)
+        for best in contenders[: max(1, st.task.confirm)]:
+            threshold = max(st.task.min_gain, best.spread or 0.0)
+            if (best.improvement or 0.0) <= threshold:
+                self.progress(f"no candidate beat EEVDF by more than {threshold:.1%}; keeping EEVDF")
+                break
             self.progress(f"validate: {best.name} under a {st.task.stress_s:.0f} s stress mix")
             stress = self._tool_or_error(
                 st, "sched_stress", source=st.sources[best.name], seconds=st.task.stress_s
@@ -783,12 +798,15 @@ class SchedAgent(Agent):
                     best.spread,
                     True,
                 )
-            else:
-                self.progress(
-                    f"validate: {best.name} failed the stress run ({stress.get('reason', '')}); keeping EEVDF"
-                )
-        elif best is not None:
-            self.progress(f"no candidate beat EEVDF by more than {threshold:.1%}; keeping EEVDF")
+                break
+            reason = str(stress.get("reason", ""))
+            report.stress_failures.append({"name": best.name, "reason": reason})
+            line = f"- {best.name}: failed the {st.task.stress_s:.0f} s stress run: {reason[:200]}"
+            st.feedback.append(line)
+            self._memory_add(line, kind="result", workload=st.task.workload)
+            self.progress(f"validate: {best.name} failed the stress run ({reason}); trying the next")
+        if not report.accepted and report.stress_failures:
+            self.progress("every contender that beat EEVDF failed the stress run; keeping EEVDF")
         if report.accepted and st.task.deploy:
             report.deployed = self._tool_or_error(st, "sched_deploy", source=report.winner_source)
         st.cost.wall_s = time.time() - st.started
