@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -242,6 +243,8 @@ def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, see
         "agent_vs_best_seed": agent_imp / final[best_seed]["improvement"] if best_seed else None,
         "final": final,
         "iterations": [it.model_dump() for it in report.iterations],
+        "confirmation": [it.model_dump() for it in report.confirmation],
+        "stress_failures": report.stress_failures,
         "stress": report.stress,
         "stop_reason": report.stop_reason,
         "cost": report.cost.model_dump(),
@@ -261,6 +264,23 @@ def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, see
 
 def fmt(x: Any, suffix: str = "x") -> str:
     return "-" if x is None else f"{x:.2f}{suffix}"
+
+
+def per_rep(row: dict[str, Any], name: str | None) -> str:
+    """' (min-max)' of a scheduler's per-rep ratio on the primary metric in the final boot."""
+    f = (row.get("final") or {}).get(name or "")
+    if not f:
+        return ""
+    m = f["metrics"][row["primary_metric"]]
+    return f" ({m['paired_min']:.2f}-{m['paired_max']:.2f})"
+
+
+def level_with_best_seed(row: dict[str, Any]) -> bool:
+    """The agent's best rep reaches the best seed's worst rep (EEVDF kept: 1.0 against it)."""
+    best = row["final"][row["best_seed"]]["metrics"][row["primary_metric"]]
+    agent = row["final"].get("agent")
+    top = agent["metrics"][row["primary_metric"]]["paired_max"] if agent else 1.0
+    return top >= best["paired_min"]
 
 
 def write_outputs(data: dict[str, Any], out: Path) -> None:
@@ -293,8 +313,11 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
         md += [
             "## Optimization (agent's final scheduler vs EEVDF and vs the best seed, same boot)",
             "",
+            "Per-rep min-max in brackets. 'accepted gain' is the winner's gain in the agent's own "
+            "confirmation boot (before this final boot).",
+            "",
             "| workload | goal metric | winner | agent vs EEVDF | best seed | best seed vs EEVDF | agent vs best seed "
-            "| loop gain ± spread | stop |",
+            "| accepted gain ± spread | stop |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in opt:
@@ -302,11 +325,22 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
                 md.append(f"| {r['workload']} | error: {r['error'][:80]} |")
                 continue
             spread = f" ± {r['loop_spread']:.0%}" if r.get("loop_spread") is not None else ""
+            gain = f"{r['loop_improvement']:+.0%}{spread}" if r["accepted"] else "- (kept EEVDF)"
             md.append(
-                f"| {r['workload']} | {r['primary_metric']} | {r['winner']} | {fmt(r['agent_vs_eevdf'])} | "
-                f"{r['best_seed']} | {fmt(r['best_seed_vs_eevdf'])} | {fmt(r['agent_vs_best_seed'])} | "
-                f"{r['loop_improvement']:+.0%}{spread} | {r['stop_reason']} |"
+                f"| {r['workload']} | {r['primary_metric']} | {r['winner']} | {fmt(r['agent_vs_eevdf'])}"
+                f"{per_rep(r, 'agent')} | {r['best_seed']} | {fmt(r['best_seed_vs_eevdf'])}"
+                f"{per_rep(r, r['best_seed'])} | {fmt(r['agent_vs_best_seed'])} | {gain} | {r['stop_reason']} |"
             )
+        ok = [r for r in opt if "error" not in r]
+        if ok:
+            geo = math.prod(r["agent_vs_eevdf"] for r in ok) ** (1 / len(ok))
+            level = sum(1 for r in ok if level_with_best_seed(r))
+            md += [
+                "",
+                f"Across {len(ok)} workloads: geometric mean agent vs EEVDF **{geo:.2f}x**; agent at or above "
+                f"EEVDF on {sum(r['agent_vs_eevdf'] >= 1.0 for r in ok)}; agent level with or above the best seed "
+                f"(its per-rep range reaches the best seed's) on {level}.",
+            ]
         md += ["", "### Per-iteration progress", ""]
         for r in opt:
             if "error" in r:
@@ -317,7 +351,10 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
                 "| # | candidate | origin | verdict | metric vs EEVDF |",
                 "|---|---|---|---|---|",
             ]
-            for it in r["iterations"]:
+            rows = list(r["iterations"]) + [
+                dict(it, origin="confirm: " + it["origin"]) for it in r.get("confirmation", [])
+            ]
+            for it in rows:
                 v = (
                     "ok"
                     if it["verdict"]["ok"]
@@ -329,6 +366,8 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
                     else (f"{it['candidate']:.4g} vs {it['baseline']:.4g} ({it['improvement']:+.1%})")
                 )
                 md.append(f"| {it['index']} | {it['name']} | {it['origin']} | {v} | {m} |")
+            for f in r.get("stress_failures", []):
+                md.append(f"| - | {f['name']} | stress run | failed: {f['reason'][:80]} | - |")
             md.append("")
         md += [
             "## Cost per optimized workload ($0: local model)",
