@@ -381,6 +381,22 @@ def test_a_stress_failure_hands_over_to_the_next_contender(tmp_path):
     _assert_safe(box, backend)
 
 
+def test_confident_gain_needs_agreeing_repetitions():
+    from aios.agents.sched_agent import IterationRecord, Verdict, confident_gain
+
+    def rec(ratios: list[float]) -> IterationRecord:
+        return IterationRecord(index=1, name="x", origin="compose", verdict=Verdict(ok=True), ratios=ratios)
+
+    assert confident_gain(rec([1.4, 1.4, 1.4])) == pytest.approx(0.4)
+    steady, noisy = confident_gain(rec([1.3, 1.4, 1.5, 1.35, 1.45])), confident_gain(rec([0.9, 1.3, 2.0]))
+    assert 0.25 < steady < 0.4  # five agreeing reps: a gain close to their mean
+    assert noisy < 0  # a higher mean (+35%), but three reps this far apart prove nothing
+    assert confident_gain(rec([1.5, 1.5])) > confident_gain(rec([1.2, 1.8]))
+    single = rec([1.2])
+    single.improvement = 0.2
+    assert confident_gain(single) == pytest.approx(0.2)  # one rep: the measured gain itself
+
+
 def test_unverified_program_is_refused(tmp_path):
     backend = FakeBackend(tmp_path / "repo")
     box = SchedToolbox(backend=backend, workdir=tmp_path / "work")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -116,8 +117,9 @@ class OptimizeTask(BaseModel):
     budget: Budget = Field(default_factory=Budget)
     reps: int = Field(3, ge=1, le=20, description="repetitions per measurement (EEVDF and candidate)")
     stress_s: float = Field(60.0, ge=0, description="stress run of the final candidate before acceptance")
-    min_gain: float = Field(0.03, ge=0, description="relative improvement a candidate must beat EEVDF by")
+    min_gain: float = Field(0.03, ge=0, description="gain over EEVDF a candidate must exceed at its 90% lower bound")
     patience: int = Field(2, ge=1, description="stop after this many rounds without a better candidate")
+    confirm_reps: int = Field(5, ge=2, le=20, description="repetitions of the confirmation boot")
     confirm: int = Field(
         3,
         ge=0,
@@ -156,6 +158,9 @@ class IterationRecord(BaseModel):
     candidate: float | None = None
     improvement: float | None = Field(None, description="relative gain over EEVDF (0.2 = 20% better)")
     spread: float | None = Field(None, description="relative spread of the ratio over repetitions")
+    ratios: list[float] = Field(
+        default_factory=list, description="per-repetition ratio vs EEVDF (same boot, >1 = better)"
+    )
     seconds: float = 0.0
     digest: str = ""
 
@@ -615,7 +620,7 @@ class SchedAgent(Agent):
             top.append(best_seed)
         if not top:
             return []
-        reps = max(3, st.task.reps + 1)
+        reps = st.task.confirm_reps
         self.progress(f"confirm: {', '.join(r.name for r in top)} measured together ({reps} reps)")
         cands = [
             _Candidate(name=r.name, origin=r.origin, source=st.sources[r.name], detail="confirmation")
@@ -642,6 +647,7 @@ class SchedAgent(Agent):
             ratio = value / base if st.higher else base / value
             rec.improvement = ratio - 1.0
             rec.spread = (m.get("spread") or {}).get(st.metric)
+            rec.ratios = [float(x) for x in (m.get("paired") or {}).get(st.metric, []) if x == x and x > 0]
 
     def execute(self, st: _State, cand: _Candidate, index: int) -> IterationRecord:
         t0 = time.time()
@@ -762,8 +768,8 @@ class SchedAgent(Agent):
         self.progress(f"{prefix or 'iter'} {rec.index}: {cand.name} [{cand.origin}] {verdict}{vs}")
 
     def finish(self, st: _State, stop: str) -> OptimizeReport:
-        """Accept the best candidate only if it beat EEVDF beyond its spread (in the confirmation
-        boot, when there is one) and survives the stress run."""
+        """Accept the best candidate only if it beat EEVDF with confidence (``confident_gain`` over
+        the confirmation boot's repetitions, when there is one) and survives the stress run."""
         report = OptimizeReport(
             workload=st.task.workload,
             goal=st.goal,
@@ -781,9 +787,12 @@ class SchedAgent(Agent):
         # best first: the first that beats EEVDF beyond its spread and survives the stress run wins;
         # one that fails the stress run hands over to the next (at most ``confirm`` tries)
         for best in contenders[: max(1, st.task.confirm)]:
-            threshold = max(st.task.min_gain, best.spread or 0.0)
-            if (best.improvement or 0.0) <= threshold:
-                self.progress(f"no candidate beat EEVDF by more than {threshold:.1%}; keeping EEVDF")
+            sure = confident_gain(best)
+            if sure <= st.task.min_gain:
+                self.progress(
+                    f"no candidate beat EEVDF with confidence: {best.name} {best.improvement or 0:+.1%}, "
+                    f"lower bound {sure:+.1%} <= {st.task.min_gain:.0%}; keeping EEVDF"
+                )
                 break
             self.progress(f"validate: {best.name} under a {st.task.stress_s:.0f} s stress mix")
             stress = self._tool_or_error(
@@ -818,6 +827,27 @@ class SchedAgent(Agent):
             winner=report.winner,
         )
         return report
+
+
+#: One-sided 90% Student t quantiles by degrees of freedom (the last one for every larger count).
+_T90 = (3.078, 1.886, 1.638, 1.533, 1.476, 1.440, 1.415, 1.397, 1.383, 1.372)
+
+
+def confident_gain(rec: IterationRecord) -> float:
+    """A one-sided 90% lower bound of ``rec``'s gain over EEVDF, from its per-repetition ratios.
+
+    Ratios are compared on a log scale (a 2x win and a 2x loss cancel out), and the bound is the
+    Student t bound on their mean, so three noisy repetitions must agree more than seven do. With
+    one repetition there is no spread to go by: the measured gain itself.
+    """
+    r = [x for x in rec.ratios if x > 0]
+    if len(r) < 2:
+        return rec.improvement if rec.improvement is not None else float("-inf")
+    logs = [math.log(x) for x in r]
+    mean = sum(logs) / len(logs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+    t = _T90[min(len(logs) - 2, len(_T90) - 1)]
+    return math.exp(mean - t * sd / math.sqrt(len(logs))) - 1.0
 
 
 def _blocks_of(st: _State, cand: _Candidate) -> dict[str, str]:

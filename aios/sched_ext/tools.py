@@ -449,10 +449,11 @@ def host_deploy_problem() -> str:
 
 def measure_summary(res: Any) -> dict[str, Any]:
     """A ``MeasureResult`` as the flat JSON the agent reads: means per metric and the ratio's spread."""
-    base, cand, spread = {}, {}, {}
+    base, cand, spread, paired = {}, {}, {}, {}
     for name, m in res.metrics.items():
         base[name], cand[name] = m.baseline.mean, m.candidate.mean
         p = m.paired_improvement
+        paired[name] = list(p.values)
         if len(p.values) > 1 and p.mean and p.mean == p.mean:  # one rep has no spread
             spread[name] = (p.max - p.min) / 2 / p.mean
     return {
@@ -462,6 +463,7 @@ def measure_summary(res: Any) -> dict[str, Any]:
         "baseline": base,
         "candidate": cand,
         "spread": spread,
+        "paired": paired,
         "improvement": res.improvement,
         "primary_metric": res.primary_metric,
         "reps": res.reps,
