@@ -440,7 +440,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
             [i + 0.2 for i in x], [r["best_seed_vs_eevdf"] or 0 for r in rows], 0.4, label="best seed"
         )
         axes[0].axhline(1.0, color="k", lw=1, ls="--", label="EEVDF")
-        axes[0].set_xticks(list(x), names, rotation=20)
+        axes[0].set_xticks(list(x), names, rotation=35, ha="right")
         axes[0].set_ylabel("times better than EEVDF (goal metric)")
         axes[0].set_title("Optimization (same boot, interleaved reps)")
         axes[0].legend()
