@@ -25,7 +25,6 @@ The loop is SchedCP's in-context reinforcement learning with four roles:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -45,6 +44,7 @@ from aios.sched_ext.compose import (
     composition_from_choices,
     generate,
 )
+from aios.sched_ext.tools import digest
 from aios.sdk.agent import Agent
 from aios.sdk.calls import memory_add, storage_list, storage_put, storage_search, tool_call
 from aios.sdk.runtime import chat
@@ -117,7 +117,9 @@ class OptimizeTask(BaseModel):
     budget: Budget = Field(default_factory=Budget)
     reps: int = Field(3, ge=1, le=20, description="repetitions per measurement (EEVDF and candidate)")
     stress_s: float = Field(60.0, ge=0, description="stress run of the final candidate before acceptance")
-    min_gain: float = Field(0.03, ge=0, description="gain over EEVDF a candidate must exceed at its 90% lower bound")
+    min_gain: float = Field(
+        0.03, ge=0, description="gain over EEVDF a candidate must exceed at its 90% lower bound"
+    )
     patience: int = Field(2, ge=1, description="stop after this many rounds without a better candidate")
     confirm_reps: int = Field(5, ge=2, le=20, description="repetitions of the confirmation boot")
     confirm: int = Field(
@@ -248,7 +250,6 @@ class _State:
     feedback: list[str] = field(default_factory=list)
     blocks: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate -> its building blocks
     rounds: int = 0
-    confirmation: list[IterationRecord] = field(default_factory=list)
     stale_rounds: int = 0  # rounds in a row that found nothing better than ``best``
 
 
@@ -592,13 +593,12 @@ class SchedAgent(Agent):
             )
             self._score(st, rec, out.get("measurement"))
             rec.seconds = (time.time() - t0) / len(cands)
-            rec.digest = hashlib.sha256(cand.source.encode()).hexdigest()[:12]
+            rec.digest = digest(cand.source)
             done.append((cand, rec))
         return done
 
     def confirm(self, st: _State) -> list[IterationRecord]:
-        """The best few candidates (and the best seed) measured again, together, in one fresh boot;
-        returned best first.
+        """The best few candidates (and the best seed) measured again, together, in one fresh boot.
 
         Why: the loop's best is the maximum of many noisy measurements, each against its own boot's
         EEVDF, so it is biased upwards (the winner's curse: under TCG one program's ratio moves by
@@ -626,13 +626,12 @@ class SchedAgent(Agent):
             _Candidate(name=r.name, origin=r.origin, source=st.sources[r.name], detail="confirmation")
             for r in top
         ]
-        st.confirmation = []
+        out = []
         for (cand, rec), first in zip(self._measure_together(st, cands, reps), top, strict=True):
             rec.index = first.index
-            st.confirmation.append(rec)
+            out.append(rec)
             self._report_progress(st, cand, rec, prefix="confirm")
-        measured = [r for r in st.confirmation if r.improvement is not None]
-        return sorted(measured, key=lambda r: -(r.improvement or 0.0))
+        return out
 
     def _score(self, st: _State, rec: IterationRecord, m: dict[str, Any] | None) -> None:
         """Fill ``rec`` from a measurement summary (the goal's metric, candidate vs EEVDF)."""
@@ -667,7 +666,7 @@ class SchedAgent(Agent):
             )
             self._score(st, rec, m)
         rec.seconds = time.time() - t0
-        rec.digest = hashlib.sha256(cand.source.encode()).hexdigest()[:12]
+        rec.digest = digest(cand.source)
         return rec
 
     # -- learning -------------------------------------------------------------------------------------
@@ -780,10 +779,11 @@ class SchedAgent(Agent):
             stop_reason=stop,
         )
         if st.task.confirm > 0 and not self._out_of_budget(st):
-            contenders = self.confirm(st)
+            report.confirmation = self.confirm(st)
+            measured = [r for r in report.confirmation if r.improvement is not None]
+            contenders = sorted(measured, key=lambda r: -(r.improvement or 0.0))
         else:
             contenders = [st.best] if st.best is not None else []
-        report.confirmation = st.confirmation
         # best first: the first that beats EEVDF beyond its spread and survives the stress run wins;
         # one that fails the stress run hands over to the next (at most ``confirm`` tries)
         for best in contenders[: max(1, st.task.confirm)]:
@@ -1013,7 +1013,7 @@ def remember_goal_example(request: str, goal: str) -> None:
     label = next((lbl for lbl, phrase in GOAL_LABELS.items() if phrase == goal), None)
     if label is None or not request.strip():
         return
-    key = f"{GOAL_EXAMPLE_PREFIX}user-{hashlib.sha256(request.encode()).hexdigest()[:16]}"
+    key = f"{GOAL_EXAMPLE_PREFIX}user-{digest(request)}"
     storage_put(key, request, {"goal": label, "source": "user"})
 
 
