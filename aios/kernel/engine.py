@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from aios.kernel.config import KernelConfig
 from aios.kernel.context import ContextManager, ContextTooLong, fit_prompt
 from aios.kernel.model_runner import ModelRunner
 from aios.kernel.scheduler import Scheduler, make_policy
@@ -90,15 +91,13 @@ class LLMEngine:
         self,
         model,
         tokenizer,
-        config=None,
+        config: KernelConfig | None = None,
         *,
         retriever: Retriever | None = None,
         context_window: int | None = None,
         trace_len: int = 4096,
         **overrides: Any,
     ):
-        from aios.kernel.kernel import KernelConfig
-
         cfg = (config or KernelConfig()).model_dump()
         cfg.update(overrides)
         self.config = KernelConfig(**cfg)

@@ -21,56 +21,14 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from aios.kernel.config import KernelConfig
 from aios.kernel.syscall import LLMSyscall, Syscall, SyscallRejected
 
 log = logging.getLogger("aios.kernel")
 
-
-class KernelConfig(BaseModel):
-    """Everything a kernel is built from. Defaults run the embedded SmolLM2 on the CPU."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(
-        "smollm2",
-        description="'smollm2' (embedded default), a local path or hub name of a causal LM, "
-        "or 'openai:<base_url>#<model>' for an OpenAI-compatible server",
-    )
-    device: str = "auto"
-    dtype: str = "float32"
-    scheduler: Literal["fifo", "rr", "priority", "sjf"] = "rr"
-    quantum: int = Field(8, ge=1, description="round-robin time slice, in generated tokens")
-    aging: float = Field(1.0, ge=0.0, description="priority policy: priority points gained per second waited")
-    max_batch_size: int = Field(8, ge=1, description="rows (beams count) in one decode step")
-    max_batch_tokens: int = Field(4096, ge=16, description="tokens (prefill + decode) in one step")
-    batch_invariant: bool = Field(
-        True,
-        description="run every decode step at max_batch_size rows so a request's tokens do not depend "
-        "on who shares its batch (exact outputs under any schedule); off is faster for small batches",
-    )
-    kv_memory_budget_mb: float = Field(
-        2048, ge=0, description="CPU memory for suspended KV caches; past it, disk"
-    )
-    spill_dir: Path | None = None
-    context_policy: Literal["truncate", "summarize"] = "truncate"
-    data_dir: Path | None = Field(None, description="where storage lives; a temporary directory when None")
-    cache_dir: Path | None = Field(None, description="model cache; ~/.cache/aios when None")
-    workers: int = Field(8, ge=1, description="threads serving non-LLM syscalls")
-    storage_url: str | None = Field(
-        None, description="chromadb server URL (e.g. http://127.0.0.1:8000); embedded when None"
-    )
-    embedder: str = Field(
-        "minilm", description="'minilm' (offline all-MiniLM-L6-v2) or 'hash[:dim]' (tests only)"
-    )
-    memory_quota_kb: int = Field(1024, ge=1, description="per-agent memory quota")
-    memory_budget_mb: float = Field(
-        64, gt=0, description="resident agent memory, kernel-wide; past it, LRU items go to storage"
-    )
+__all__ = ["Kernel", "KernelConfig", "LLMCore"]  # KernelConfig lives in config.py; re-exported
 
 
 class LLMCore(Protocol):

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from aios.cache import cache_root
+from aios.kernel.config import KernelConfig
 
 log = logging.getLogger("aios.llm")
 
@@ -146,7 +147,7 @@ def load_model(
     return model, tokenizer
 
 
-def build_llm_core(config: Any):
+def build_llm_core(config: KernelConfig):
     """The LLM core for a ``KernelConfig``: the local batched engine, or a remote backend.
 
     ``openai:<base_url>#<model>`` selects the OpenAI-compatible remote core (imported lazily so a

@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 
+from aios.kernel.config import KernelConfig
 from aios.kernel.scheduler import Scheduler, make_policy
 from aios.kernel.sequence import SeqStatus, Sequence
 from aios.kernel.syscall import LLMResponse, LLMSyscall
@@ -104,7 +105,7 @@ class RemoteLLMCore:
 
     def __init__(
         self,
-        config: Any,
+        config: KernelConfig,
         *,
         tokenizer: Any | None = None,
         mode: str = "auto",
