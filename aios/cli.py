@@ -6,7 +6,7 @@
     aios list models|tools|agents
     aios bench aios_eval                        runs benchmarks/bench_aios_eval.py
     aios metrics                                the metrics of the last `aios run` / `aios demo`
-    aios sched ...                              the sched_ext scheduler agent (aios.sched_ext.cli)
+    aios sched ...                              the sched_ext toolchain (aios.sched_ext.cli) and agent
 
 Errors users can fix (an unknown option, a model that is not there, an agent that failed) print
 one line starting with ``aios: error:`` and exit with status 2; the traceback is for ``--debug``.
@@ -462,6 +462,14 @@ def _positive(kind: type):
     return conv
 
 
+def _add_sched_optimize(sched_sub: Any) -> None:
+    """``aios sched optimize``: the sched-agent. Wired here, not by the toolchain's own CLI, because
+    the toolchain (``aios.sched_ext``) never imports the agent that sits above it."""
+    from aios.agents.sched_agent.cli import add_optimize_subcommand
+
+    add_optimize_subcommand(sched_sub)
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="aios", description="An operating-system kernel for LLM agents.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -509,9 +517,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             sched.set_defaults(sched_error=f"the sched_ext module is not available in this build ({exc})")
             sched.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         else:
-            add_subcommands(
-                sched.add_subparsers(dest="sched_command", metavar="SUBCOMMAND", parser_class=_Parser)
-            )
+            sched_sub = sched.add_subparsers(dest="sched_command", metavar="SUBCOMMAND", parser_class=_Parser)
+            add_subcommands(sched_sub)
+            _add_sched_optimize(sched_sub)
     for action in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
         for name, sp in action.choices.items():
             for act in sp._actions:

@@ -184,13 +184,16 @@ class FakeBackend:
             )
         return out
 
-    def stress(self, obj: Path, seconds: float) -> Any:
+    def stress(self, obj: Path, seconds: float, stressors: str | None = None) -> Any:
         self.stressed.append(obj)
         return SimpleNamespace(
             ok=self.stress_ok, reason="" if self.stress_ok else "watchdog: runnable task stall"
         )
 
-    def deploy(self, obj: Path) -> Any:
+    def deploy(self, obj: Path, verdict: Any) -> Any:
+        raise AssertionError("the tests never deploy on the host")
+
+    def undeploy(self, handle: Any) -> None:
         raise AssertionError("the tests never deploy on the host")
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from aios.agents.sched_agent.cli import parse_budget
 from aios.cli import main
-from aios.sched_ext.agent_cli import parse_budget
 
 
 def test_parse_budget():

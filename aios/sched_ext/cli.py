@@ -96,7 +96,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers: Any) -> None:
-    """Register setup/verify/bench/probe (and the agent's ``optimize`` when present) on ``aios sched``."""
+    """Register setup/verify/bench/probe on ``aios sched`` (the top-level CLI adds the agent's ``optimize``)."""
     p = subparsers.add_parser("setup", help="fetch and cache the guest kernel, tools and build headers")
     p.add_argument("--refresh", action="store_true", help="re-resolve the current kernel even if cached")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,12 +123,6 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser("probe", help="boot the micro-VM once and report the guest")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_probe)
-
-    try:
-        from .agent_cli import add_optimize_subcommand
-    except ImportError:
-        return
-    add_optimize_subcommand(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

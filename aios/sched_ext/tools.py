@@ -9,14 +9,16 @@ one exclusive group) and audited like any other syscall.
 Safety is enforced here, not trusted to the agent: ``sched_measure``, ``sched_screen``, ``sched_stress`` and
 ``sched_deploy`` refuse any source whose exact bytes did not pass every verifier stage in this
 toolbox, and every load (VM or host) is appended to ``SchedToolbox.loads`` with the digest of the
-program, so a test can assert that nothing unverified was ever loaded.
+program, so a test can assert that nothing unverified was ever loaded. The MCP server
+(``aios.sched_ext.mcp_server``) drives the same toolbox, so the rule holds for its clients too.
 
 Public API::
 
     box = SchedToolbox(backend=ToolchainBackend(vm_options={}), workdir=None)
     register_sched_tools(kernel, box) -> list[str]      # the tool names
     box.verify(source, stages="all") / box.measure(source, workload, reps) / ...  (also direct)
-    box.loads, box.verdicts                              # records for audits and tests
+    box.trial(source, seconds) / box.deploy(source) / box.undeploy()   # load in the VM / on the host
+    box.loads, box.verdicts, box.deployed                # records for audits and tests
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class LoadRecord:
 
     digest: str
     name: str
-    where: Literal["vm-measure", "vm-stress", "host"]
+    where: Literal["vm-measure", "vm-stress", "vm-load", "host"]
     verified: bool
     at: float = field(default_factory=time.time)
 
@@ -133,7 +135,7 @@ class ToolchainBackend:
         from aios.sched_ext import verifier
 
         if stages == "static":
-            return verifier.verify(path, stages=("compile", "static"))
+            return verifier.verify(path, stop_after="static")
         return verifier.verify(path, **self._vm_kw())
 
     def verify_many(self, paths: list[Path]) -> list[Any]:
@@ -146,13 +148,21 @@ class ToolchainBackend:
 
         return measure_objects(objects, workload, reps, **self._vm_kw())
 
-    def stress(self, obj: Path, seconds: float) -> Any:
-        return stress_in_vm(obj, seconds, self._new_vm())
+    def stress(self, obj: Path, seconds: float, stressors: str | None = None) -> Any:
+        from aios.sched_ext.stress import STRESS_MIX, stress_in_vm
 
-    def deploy(self, obj: Path) -> Any:
-        from aios.sched_ext import loader
+        return stress_in_vm(obj, seconds, self._new_vm(), STRESS_MIX if stressors is None else stressors)
 
-        return loader.load_host(obj)
+    def deploy(self, obj: Path, verdict: Any) -> Any:
+        """Load on the host with libbpf; the handle unloads on ``close()`` (and at exit)."""
+        from aios.sched_ext.libbpf import HostScheduler
+
+        handle = HostScheduler(obj, verified=verdict)
+        handle.load()
+        return handle
+
+    def undeploy(self, handle: Any) -> None:
+        handle.close()
 
 
 @dataclass
@@ -166,6 +176,8 @@ class SchedToolbox:
     loads: list[LoadRecord] = field(default_factory=list)
     objects: dict[str, Path] = field(default_factory=dict)
     raw_verdicts: dict[str, Any] = field(default_factory=dict)  # the verifier's own results, by digest
+    sources: dict[str, str] = field(default_factory=dict)  # every program seen, by digest
+    deployed: dict[str, Any] = field(default_factory=dict)  # digest -> host handle (at most one)
 
     def __post_init__(self) -> None:
         if self.backend is None:
@@ -178,6 +190,7 @@ class SchedToolbox:
     def source_path(self, source: str) -> Path:
         """Write ``source`` under the workdir, named by its digest (idempotent)."""
         d = digest(source)
+        self.sources.setdefault(d, source)
         path = self.workdir / d / f"{ops_name(source) or 'sched'}.bpf.c"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,15 +379,25 @@ class SchedToolbox:
 
     def measure(self, source: str, workload: str, reps: int = 3) -> dict[str, Any]:
         """Candidate vs EEVDF on ``workload`` in one VM boot; only fully verified programs."""
+        return self.compare([source], workload, reps)[0]
+
+    def compare(self, sources: list[str], workload: str, reps: int = 3) -> list[dict[str, Any]]:
+        """Several fully verified programs, each against EEVDF, interleaved in one VM boot.
+
+        Every program is checked before anything boots: one unverified program refuses the
+        whole call (``UnverifiedProgram``), so nothing is loaded. Per program, in order.
+        """
         from aios.sched_ext.measure import MeasureError
 
-        obj = self.verified_object(source)
-        self.loads.append(LoadRecord(digest(source), ops_name(source) or "", "vm-measure", True))
+        unique = list(dict.fromkeys(sources))
+        objs = [self.verified_object(s) for s in unique]
+        for s in unique:
+            self.loads.append(LoadRecord(digest(s), ops_name(s) or "", "vm-measure", True))
         try:
-            res = self.backend.measure_objects([obj], workload, reps)[0]
+            by_label = {r.scheduler: r for r in self.backend.measure_objects(objs, workload, reps)}
         except MeasureError as exc:
-            return {"ok": False, "error": str(exc)[:2000]}
-        return measure_summary(res)
+            return [{"ok": False, "error": str(exc)[:2000]} for _ in sources]
+        return [measure_summary(by_label[self.label(s)]) for s in sources]
 
     def screen(self, sources: list[str], workload: str, reps: int = 2) -> list[dict[str, Any]]:
         """Several programs at once: the ones not yet verified go through every verifier stage in
@@ -382,21 +405,10 @@ class SchedToolbox:
         boot. Two boots instead of two per program is what makes screening a whole repository
         affordable under TCG. Per program, in order: its verdict and (if it passed) its measurement.
         """
-        from aios.sched_ext.measure import MeasureError
-
         unique = list(dict.fromkeys(sources))
         verdicts = dict(zip(unique, self.verify_batch(unique), strict=True))
         passed = [s for s in unique if verdicts[s]["ok"]]
-        measured: dict[str, dict[str, Any]] = {}
-        if passed:
-            objs = [self.verified_object(s) for s in passed]
-            for s in passed:
-                self.loads.append(LoadRecord(digest(s), ops_name(s) or "", "vm-measure", True))
-            try:
-                by_label = {r.scheduler: r for r in self.backend.measure_objects(objs, workload, reps)}
-                measured = {s: measure_summary(by_label[self.label(s)]) for s in passed}
-            except MeasureError as exc:
-                measured = {s: {"ok": False, "error": str(exc)[:2000]} for s in passed}
+        measured = dict(zip(passed, self.compare(passed, workload, reps), strict=True)) if passed else {}
         return [{"verdict": verdicts[s], "measurement": measured.get(s)} for s in sources]
 
     def stress(self, source: str, seconds: float = 60.0) -> dict[str, Any]:
@@ -404,24 +416,58 @@ class SchedToolbox:
         obj = self.verified_object(source)
         self.loads.append(LoadRecord(digest(source), ops_name(source) or "", "vm-stress", True))
         t0 = time.time()
-        r = self.backend.stress(obj.obj, seconds)
-        d = as_dict(r)
-        return {
-            "ok": bool(d.get("ok")),
-            "reason": str(d.get("reason", ""))[:1000],
-            "seconds": time.time() - t0,
-            "detail": {k: v for k, v in d.items() if k not in ("ok", "reason")},
-        }
+        return _stress_summary(self.backend.stress(obj.obj, seconds), t0)
+
+    def trial(self, source: str, seconds: float = 10.0) -> dict[str, Any]:
+        """Load the scheduler in a fresh micro-VM, watch it for ``seconds``, unload (one boot).
+
+        What "loaded in the micro-VM" can mean when every boot starts fresh: nothing stays
+        loaded after the call, and the reply says whether it stayed enabled the whole time.
+        """
+        obj = self.verified_object(source)
+        self.loads.append(LoadRecord(digest(source), ops_name(source) or "", "vm-load", True))
+        t0 = time.time()
+        return _stress_summary(self.backend.stress(obj.obj, seconds, ""), t0)
 
     def deploy(self, source: str) -> dict[str, Any]:
-        """Load on the host (host mode only: root and a sched_ext kernel); verified programs only."""
+        """Load on the host (host mode only: root and a sched_ext kernel); verified programs only.
+
+        The kernel runs one sched_ext scheduler at a time, so a second deploy is refused until
+        ``undeploy``; the handle is kept here so that unloading needs no argument.
+        """
         problem = host_deploy_problem()
         if problem:
             return {"ok": False, "reason": problem}
         d = self._require_verified(source, "host")
+        if self.deployed:
+            (other,) = self.deployed
+            return {
+                "ok": False,
+                "reason": f"program {other} is loaded on the host already; unload it first",
+            }
         self.loads.append(LoadRecord(d, ops_name(source) or "", "host", True))
-        handle = self.backend.deploy(self.objects[d])
-        return {"ok": True, "name": ops_name(source), "handle": str(handle)}
+        self.deployed[d] = self.backend.deploy(self.objects[d], self.raw_verdicts[d])
+        return {"ok": True, "name": ops_name(source), "digest": d}
+
+    def undeploy(self) -> dict[str, Any]:
+        """Unload what ``deploy`` loaded on the host (nothing to do when nothing is loaded)."""
+        if not self.deployed:
+            return {"ok": True, "unloaded": None}
+        d, handle = next(iter(self.deployed.items()))
+        self.backend.undeploy(handle)
+        del self.deployed[d]
+        return {"ok": True, "unloaded": d}
+
+
+def _stress_summary(r: Any, t0: float) -> dict[str, Any]:
+    """A stress or load-trial result as the flat JSON the callers read."""
+    d = as_dict(r)
+    return {
+        "ok": bool(d.get("ok")),
+        "reason": str(d.get("reason", ""))[:1000],
+        "seconds": time.time() - t0,
+        "detail": {k: v for k, v in d.items() if k not in ("ok", "reason")},
+    }
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -438,11 +484,11 @@ def as_dict(obj: Any) -> dict[str, Any]:
 def host_deploy_problem() -> str:
     """Why this host cannot take a scheduler ('' when it can): root and a sched_ext kernel needed."""
     if os.geteuid() != 0:
-        return "host deployment needs root (run as root, or leave out --deploy: the winner stays in the micro-VM)"
+        return "host deployment needs root (without it, schedulers are loaded only in the micro-VM)"
     if not Path("/sys/kernel/sched_ext/state").exists():
         return (
             "this host kernel has no sched_ext (no /sys/kernel/sched_ext), so nothing can be loaded on it; "
-            "leave out --deploy: the winner is verified and measured in the micro-VM"
+            "schedulers are verified, measured and loaded only in the micro-VM"
         )
     return ""
 
@@ -528,99 +574,3 @@ def register_sched_tools(kernel: Any, box: SchedToolbox, *, vm_timeout: float = 
         tm.register(fn, owner="sched_ext", **opts)
         names.append(fn.__name__)
     return names
-
-
-class StressResult(BaseModel):
-    """The final candidate's stress validation: did it stay enabled under a heavy mix for the whole run?"""
-
-    ok: bool
-    reason: str = ""
-    seconds: float = 0.0
-    enabled_samples: int = 0
-    total_samples: int = 0
-    stressors: str = ""
-    exits: list[str] = Field(default_factory=list)
-
-
-#: The stress mix: CPU hogs, context-switch storms, fork/exit churn, pipes and yields at once, so
-#: every scheduler callback runs constantly (mature schedulers have stalled only under such load).
-STRESS_MIX = "--cpu 2 --switch 1 --fork 1 --pipe 1 --yield 1"
-
-
-def stress_script(seconds: int, stressors: str = STRESS_MIX) -> str:
-    """Guest job: register the scheduler, run the stress mix, sample ``state`` every second, unload."""
-    return f"""
-state() {{ cat /sys/kernel/sched_ext/state 2>/dev/null; }}
-LINK=/sys/fs/bpf/aios_stress; mkdir -p $LINK
-dmesg -c > /dev/null 2>&1
-if ! bpftool struct_ops register /aios/stress.bpf.o $LINK > /tmp/reg.txt 2>&1 || [ "$(state)" != enabled ]; then
-  aios_emit register /tmp/reg.txt
-  aios_result "{{\\"kind\\":\\"stress\\",\\"loaded\\":false,\\"state\\":\\"$(state)\\"}}"
-  dmesg > /tmp/dm.txt; aios_emit dmesg /tmp/dm.txt; exit 0
-fi
-stress-ng {stressors} --timeout {seconds}s > /tmp/sng.txt 2>&1 &
-SNG=$!
-t=0; on=0; n=0
-while [ $t -lt {seconds} ]; do
-  sleep 1; t=$((t+1)); n=$((n+1))
-  [ "$(state)" = enabled ] && on=$((on+1))
-done
-wait $SNG; rc=$?
-after=$(state)
-rm -rf $LINK
-k=0; while [ "$(state)" != disabled ] && [ $k -lt 50 ]; do sleep 0.1; k=$((k+1)); done
-aios_result "{{\\"kind\\":\\"stress\\",\\"loaded\\":true,\\"samples\\":$n,\\"enabled\\":$on,\\"rc\\":$rc,\\"after\\":\\"$after\\",\\"unloaded\\":\\"$(state)\\"}}"
-aios_emit stressng /tmp/sng.txt
-dmesg > /tmp/dm.txt; aios_emit dmesg /tmp/dm.txt
-exit 0
-"""
-
-
-def stress_in_vm(obj: Path, seconds: float, vm: Any) -> StressResult:
-    """Run the stress mix for ``seconds`` under a verified scheduler object in the micro-VM.
-
-    The object's watchdog (``timeout_ms``) is set to 5 s first, as in the verifier's dynamic
-    stage, so a stall shows up as an ejection within the run instead of after 30 s.
-    """
-    from aios.sched_ext.build import patch_struct_ops_field
-    from aios.sched_ext.loader import parse_exits
-
-    secs = max(1, int(round(seconds)))
-    data = patch_struct_ops_field(Path(obj).read_bytes(), "timeout_ms", 5000)
-    t0 = time.time()
-    res = vm.run(
-        stress_script(secs), files={"/aios/stress.bpf.o": data}, timeout_s=secs * 3 + 120, tools=True
-    )
-    took = time.time() - t0
-    rows = res.results_of("stress")
-    exits = [e for e in parse_exits(res.blobs.get("dmesg", "")) if e.action == "disabled"]
-    bad = [e for e in exits if e.kind != "unregistered"]
-    exit_lines = [f"{e.name}: {e.reason}" for e in exits]
-    if not rows:
-        return StressResult(
-            ok=False, reason=f"stress run did not report: {res.describe_failure()}", seconds=took
-        )
-    r = rows[-1]
-    if not r.get("loaded"):
-        return StressResult(
-            ok=False, reason=f"did not load: {res.blobs.get('register', '')[-300:]}", seconds=took
-        )
-    n, on = int(r.get("samples", 0)), int(r.get("enabled", 0))
-    problems = []
-    if bad:
-        problems.append(f"ejected by the kernel: {bad[0].reason}")
-    if on < n or r.get("after") != "enabled":
-        problems.append(f"enabled in {on}/{n} one-second samples (state after: {r.get('after')})")
-    if r.get("unloaded") != "disabled":
-        problems.append(f"did not unload cleanly (state {r.get('unloaded')})")
-    if res.kernel_problem:
-        problems.append(f"guest kernel problem: {res.kernel_problem}")
-    return StressResult(
-        ok=not problems,
-        reason="; ".join(problems) or f"stayed enabled for {n} s of stress-ng {STRESS_MIX}",
-        seconds=took,
-        enabled_samples=on,
-        total_samples=n,
-        stressors=STRESS_MIX,
-        exits=exit_lines,
-    )

@@ -1,8 +1,8 @@
 """``aios sched optimize``: run the sched-agent on a workload from the command line.
 
-Why a separate module: ``aios/sched_ext/cli.py`` (the toolchain's own subcommands) stays
-independent of the LLM kernel; it wires this one in with a single call to
-``add_optimize_subcommand(sched_subparsers)``.
+Why it lives with the agent: the toolchain (``aios/sched_ext``) never imports the agent, which is a
+layer above it. The top-level CLI (``aios/cli.py``) adds this subcommand next to the toolchain's
+own with a single call to ``add_optimize_subcommand(sched_subparsers)``.
 
     aios sched optimize --workload batch [--goal "…"] [--mode compose|write] [--budget 5]
                         [--budget iterations=6,time=20m,tokens=50000] [--reps 3]
@@ -91,7 +91,8 @@ def add_optimize_subcommand(sched_subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from aios.agents.sched_agent import Budget, OptimizeTask, SchedAgent
+    from aios.agents.sched_agent.agent import SchedAgent
+    from aios.agents.sched_agent.task import Budget, OptimizeTask
     from aios.kernel.kernel import Kernel
     from aios.sched_ext.tools import SchedToolbox, host_deploy_problem, register_sched_tools
     from aios.sched_ext.workloads import WORKLOADS
@@ -156,7 +157,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from aios.agents.sched_agent import OptimizeReport
+    from aios.agents.sched_agent.report import OptimizeReport
 
     r = OptimizeReport.model_validate(report)
     print()
