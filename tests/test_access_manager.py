@@ -111,6 +111,28 @@ def _snapshot(kernel):
     )
 
 
+def _host_state(kernel):
+    """alice's state read from the host, not through the kernel: the bytes of every file under the
+    test's directory outside mallory's own (so a file planted next to the data directory counts too),
+    and her rows in the storage database through a separate read-only connection."""
+    st = kernel.modules["storage"]
+    data = st.files_root.parent
+    mallory = st.files_root / _agent_dirname("mallory")
+    skip = {mallory, data / "chroma"}  # mallory's own files; the index (checked through the kernel)
+    files = sorted(
+        (str(p.relative_to(data.parent)), p.read_bytes())
+        for p in data.parent.rglob("*")
+        if p.is_file() and not skip & set(p.parents) and not p.name.endswith((".db", ".db-wal", ".db-shm"))
+    )
+    db = sqlite3.connect(f"file:{data / 'storage.db'}?mode=ro", uri=True)
+    try:
+        rows = sorted(db.execute("SELECT key, content, metadata FROM items WHERE agent = 'alice'").fetchall())
+        frows = sorted(db.execute("SELECT path, size, sha256 FROM files WHERE agent = 'alice'").fetchall())
+    finally:
+        db.close()
+    return files, rows, frows
+
+
 def test_adversarial_suite(kernel):
     mem, keys, files = _victim(kernel)
     before = _snapshot(kernel)
@@ -228,21 +250,27 @@ def test_adversarial_suite(kernel):
     a += [("audit", lambda: A.audit_log(), False)]
     a += [("grant python", lambda: A.grant("tool", "python", "execute", to="mallory"), True)]
 
+    host_before = _host_state(kernel)
+    host_files, host_rows, host_frows = host_before  # the host check sees alice's data (not vacuous)
+    assert sum(SECRET.encode() in b for _, b in host_files) == len(files) == len(host_frows)
+    assert len(host_rows) == len(keys)
     successes = []
     with aios.agent_context(kernel, "mallory"):
-        for label, fn, is_write in a:
+        for label, fn, _is_write in a:  # reads and writes alike: the victim is checked after each
             try:
                 out = fn()
-            except SyscallFailed:
-                continue
-            # a read succeeds if alice's data comes back; a write if alice's state changed (a write
-            # that lands in mallory's own namespace, e.g. a file literally named '%2e%2e/...', is not)
+            except SyscallFailed as exc:
+                out = exc  # a refusal is not proof of a block: the victim is checked all the same
+            # a read succeeds if alice's data comes back; a write if alice's state changed, seen by the
+            # kernel or on the host (a write that lands in mallory's own namespace, e.g. a file
+            # literally named '%2e%2e/...', is not). Checked after every attempt, refused or not.
             leaked = SECRET in repr(out)
-            if leaked or (is_write and _snapshot(kernel) != before):
+            if leaked or _snapshot(kernel) != before or _host_state(kernel) != host_before:
                 successes.append((label, out))
     assert len(a) >= 200, len(a)
     assert successes == []
     assert _snapshot(kernel) == before  # nothing of alice's changed
+    assert _host_state(kernel) == host_before
     # every attempt reached the kernel and is in the audit log, with its syscall id
     ids = {s.id for s in kernel.history(agent="mallory")}
     assert len(ids) >= len(a)

@@ -1,14 +1,17 @@
 """Load: 100 agents x 20 mixed syscalls (memory, storage, files, tools, small LLM calls).
 
-No deadlock (the whole run has a deadline), no lost result (every syscall finishes DONE and
-every answer is checked), bounded memory (resident agent memory within the budget, process
-growth capped). Hashing embedder: this measures the kernel, not the embedding model.
+No deadlock (the whole run has a hang guard far above its expected time), no lost result (every
+syscall finishes DONE and every answer is checked), bounded memory from the memory manager's own
+counters (resident agent memory sampled throughout the run never exceeds the budget; everything is
+released at the end). Process RSS is not asserted here: it depends on what earlier tests in the
+same process allocated; the soak benchmark (benchmarks/bench_soak.py) tracks it in its own process.
+Hashing embedder: this measures the kernel, not the embedding model.
 """
 
 from __future__ import annotations
 
-import resource
 import threading
+import time
 
 import aios
 from aios.kernel.embedding import HashEmbedder
@@ -47,16 +50,22 @@ def test_100_agents_mixed(tiny_kernel):
     k.modules["storage"].embedder = HashEmbedder()
     mm = k.modules["memory"]
     mm.budget_bytes = 64 * 1024  # small, so eviction to storage happens under load
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     specs = [  # each agent frees its memory when it exits, as Agent.spec arranges
         aios.AgentSpec(name=f"agent{i:03d}", fn=agent_body, task=i, exits=[release_on_exit])
         for i in range(AGENTS)
     ]
     box: dict = {}
+    t0 = time.monotonic()
     runner = threading.Thread(target=lambda: box.update(runs=aios.run_agents(k, specs)), daemon=True)
     runner.start()
-    runner.join(timeout=240)
-    assert not runner.is_alive(), "deadlock: the load run did not finish in time"
+    peak_resident = 0
+    while runner.is_alive():  # sample the manager's counter while the agents run (usage() takes its lock)
+        peak_resident = max(peak_resident, mm.usage()["resident_bytes"])
+        runner.join(timeout=0.05)
+        if time.monotonic() - t0 > 540:  # hang guard: the run takes well under a minute
+            break
+    assert not runner.is_alive(), "deadlock: the load run did not finish"
+    assert 0 < peak_resident <= mm.budget_bytes
     runs = box["runs"]
     assert [r.error for r in runs if not r.ok] == []
     assert [r.output["i"] for r in runs] == list(range(AGENTS))
@@ -67,8 +76,6 @@ def test_100_agents_mixed(tiny_kernel):
     u = mm.usage()
     assert u["evictions"] > 0 and u["resident_items"] == 0 and u["resident_bytes"] == 0  # all released
     assert st_swap_empty(k)
-    rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    assert rss_growth_mb < 600, rss_growth_mb
     st = k.modules["storage"]
     assert st.consistency()["consistent"]
     assert len(st.file_list("agent050")) == 1

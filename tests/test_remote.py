@@ -186,16 +186,24 @@ def test_stop_strings_and_errors(tiny_lm):
     k = remote_kernel(FakeServer(), tok, scheduler="rr", quantum=2, max_batch_size=2)
     try:
         with aios.agent_context(k, "me"):
-            # find a prompt whose continuation contains a known word, then stop on it
-            for p in PROMPTS:
+            # a prompt whose continuation contains a known word past its start, then stop on it
+            # (searched over enough prompts that one always exists: the fake model is a fixed hash,
+            # so the choice is deterministic; the assertion below always runs)
+            candidates = PROMPTS + [f"Tell me more about item {i}." for i in range(200)]
+            found = None
+            for p in candidates:
                 rendered = tok.apply_chat_template(
                     [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
                 )
                 full = fake_continuation(rendered, 30)
-                if " golf" in full:
-                    r = aios.chat(p, max_new_tokens=30, stop=[" golf"])
-                    assert r.text == full[: full.index(" golf")] and r.response.finish_reason == "stop"
+                if full.find(" golf") > 0:
+                    found = (p, full)
                     break
+            assert found is not None, "no candidate prompt continues with ' golf'"
+            p, full = found
+            r = aios.chat(p, max_new_tokens=30, stop=[" golf"])
+            assert r.text == full[: full.index(" golf")] and r.response.finish_reason == "stop"
+            assert r.text and " golf" not in r.text
             with pytest.raises(SyscallFailed) as exc:
                 aios.chat("x", num_beams=2)
             assert exc.value.error.type == "Unsupported"
@@ -268,8 +276,8 @@ def transformers_serve():
         env=env,
     )
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
+        deadline = time.monotonic() + 300  # hang guard only
+        while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"transformers serve exited: {proc.stderr.read().decode()[-2000:]}")
             try:
@@ -278,7 +286,7 @@ def transformers_serve():
             except httpx.HTTPError:
                 time.sleep(0.5)
         else:
-            raise RuntimeError("transformers serve did not come up within 90 s")
+            raise RuntimeError("transformers serve did not come up within 300 s")
         yield f"openai:http://127.0.0.1:{port}/v1#{path}"
     finally:
         proc.terminate()

@@ -61,7 +61,7 @@ def test_sample_compositions_pass_the_full_verifier(tmp_path):
 
 
 def test_loop_with_real_toolchain_on_tiny_kernel(tiny_lm, tmp_path):
-    from aios.agents.sched_agent import Budget, OptimizeReport, OptimizeTask, SchedAgent
+    from aios.agents.sched_agent import Budget, OptimizeReport, OptimizeTask, SchedAgent, confident_gain
     from aios.kernel.embedding import HashEmbedder
     from aios.kernel.engine import LLMEngine
     from aios.kernel.kernel import Kernel, KernelConfig
@@ -97,9 +97,21 @@ def test_loop_with_real_toolchain_on_tiny_kernel(tiny_lm, tmp_path):
             assert it.baseline and it.candidate and it.improvement is not None
         else:
             assert it.verdict.reason  # every rejection has its reason recorded
-    # never worse than EEVDF: a winner has a positive improvement and survived the stress run
+    # never worse than EEVDF. Whether a candidate wins in a 1-rep TCG run is luck, so the test checks
+    # the acceptance rule against the recorded measurements instead: an accepted winner was measured
+    # ahead of EEVDF in its confirmation boot (same boot, its own repetitions) with a lower bound
+    # above min_gain, and survived the stress run; a candidate measured behind EEVDF there is never
+    # the winner, whichever way the run went.
+    better = (lambda r: r.candidate > r.baseline) if report.higher_is_better else (lambda r: r.candidate < r.baseline)
+    measured = report.confirmation or [it for it in report.iterations if it.improvement is not None]
+    losers = {r.name for r in measured if r.improvement is not None and not better(r)}
+    assert report.winner not in losers
     if report.accepted:
-        assert report.improvement > 0 and report.stress and report.stress["ok"]
+        w = next(r for r in measured if r.name == report.winner)
+        assert w.improvement is not None and w.improvement > 0 and better(w)
+        assert confident_gain(w) > task.min_gain
+        assert report.improvement == w.improvement
+        assert report.stress and report.stress["ok"]
     else:
         assert report.winner == "EEVDF"
     # safety: every program loaded outside the verifier passed every verifier stage

@@ -61,8 +61,11 @@ def test_measure_batch_gives_sane_ratios():
     assert res.stayed_enabled and res.reps == 2
     m = res.metrics["mean_completion_ms"]
     assert len(m.baseline.values) == 2 and len(m.candidate.values) == 2
-    assert 50 < m.baseline.mean < 60_000 and 50 < m.candidate.mean < 60_000
+    # identities of the measurement, not how fast TCG happened to run: every rep completed work,
+    # and the ratio of means lies between the per-rep ratios (it is their weighted average)
+    assert min(m.baseline.values) > 0 and min(m.candidate.values) > 0
     assert math.isclose(m.ratio, m.candidate.mean / m.baseline.mean)
     assert math.isclose(res.improvement, m.baseline.mean / m.candidate.mean)
-    assert m.paired_improvement.min <= res.improvement * 1.5 and 0.2 < res.improvement < 20
+    eps = 1e-9 * res.improvement
+    assert m.paired_improvement.min - eps <= res.improvement <= m.paired_improvement.max + eps
     assert "makespan_ms" in res.metrics and res.kernel

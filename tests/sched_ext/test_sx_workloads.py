@@ -31,8 +31,15 @@ def test_static_binaries_run_and_print_json(tmp_path):
     out = subprocess.run([str(paths["batchjobs"]), "--kind=checksum", "--tasks=6", "--units=1", "--long_factor=3"],
                          capture_output=True, text=True, timeout=60).stdout
     d = parse_output("batch-checksum", out)
+    # Only what holds under any host schedule: the makespan is the last completion, percentiles are
+    # ordered, every task (the long one included) stamped a completion. Whether the long task ends
+    # after the median one depends on the host's scheduler and load, so it is not asserted here
+    # (the VM benchmarks measure it under a chosen scheduler).
     assert d["tasks"] == 6 and d["makespan_ms"] >= d["mean_completion_ms"] > 0
-    assert d["long_completion_ms"] >= d["p50_completion_ms"]
+    assert d["makespan_ms"] >= d["p90_completion_ms"] >= d["p50_completion_ms"] > 0
+    assert d["makespan_ms"] >= d["long_completion_ms"] > 0
+    m = d["makespan_ms"]  # printed to 0.1 ms, tasks_per_s to 0.01: compare within that rounding
+    assert 6000 / (m + 0.05) - 0.005 <= d["tasks_per_s"] <= 6000 / max(m - 0.05, 1e-9) + 0.005
     out = subprocess.run([str(paths["schbench"]), "--runtime_ms=300", "--hogs=0", "--workers=2",
                           "--message_threads=1"], capture_output=True, text=True, timeout=60).stdout
     d = json.loads(out)
