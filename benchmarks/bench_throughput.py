@@ -82,12 +82,17 @@ def main() -> None:
         cfg = KernelConfig(model="smollm2", scheduler=policy, quantum=8, max_batch_size=args.max_batch_size)
         engine = LLMEngine(kmodel, tok, cfg)
         with Kernel(cfg, llm=engine) as kernel:
-            warm = kernel.submit(LLMSyscall(agent="warm", request=LLMRequest(messages=story_messages(0), max_new_tokens=2)))
+            def cred(name):
+                return kernel.credential_for(name, by=kernel.owner)
+
+            warm = kernel.submit(LLMSyscall(request=LLMRequest(messages=story_messages(0), max_new_tokens=2)), cred("warm"))
             warm.wait(600)
             engine._stats.__init__()  # measure the run only
             t0 = time.perf_counter()
             calls = [
-                kernel.submit(LLMSyscall(agent=f"agent{i}", request=LLMRequest(messages=story_messages(i), max_new_tokens=n_new)))
+                kernel.submit(
+                    LLMSyscall(request=LLMRequest(messages=story_messages(i), max_new_tokens=n_new)), cred(f"agent{i}")
+                )
                 for i in range(n)
             ]
             results = [c.wait(1800) for c in calls]

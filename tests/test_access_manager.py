@@ -76,10 +76,14 @@ def test_audit_is_append_only_and_durable(tmp_path):
 
 
 def test_groups_cannot_be_self_assigned(kernel):
-    with aios.agent_context(kernel, "mallory", group="admin"):  # a context's claim is not trusted
+    with aios.agent_context(kernel, "mallory"):
         assert aios.whoami()["group"] == "user"
         with pytest.raises(SyscallFailed):
             aios.set_group("mallory", "admin")
+        with pytest.raises(PermissionError):  # re-entering with a group claim needs the owner's capability
+            with aios.agent_context(kernel, "mallory", group="admin"):
+                pass
+        assert aios.whoami()["group"] == "user"
     admin(kernel)
     with aios.agent_context(kernel, "root"):
         assert aios.set_group("helper", "guest") is True

@@ -101,11 +101,12 @@ WRITER = textwrap.dedent(
     import sys, aios
     from aios.kernel.storage import StorageSyscall, StorageRequest
     k = aios.Kernel(data_dir=sys.argv[1], embedder="hash")
+    w = k.credential_for("w", by=k.owner)
     i = 0
     while True:
-        k.syscall(StorageSyscall(agent="w", request=StorageRequest(op="put", key=f"k{i}", content=f"value {i}")))
+        k.syscall(StorageSyscall(request=StorageRequest(op="put", key=f"k{i}", content=f"value {i}")), w)
         if i % 3 == 0:  # some updates too, so versions matter
-            k.syscall(StorageSyscall(agent="w", request=StorageRequest(op="put", key=f"k{i}", content=f"value {i} v2")))
+            k.syscall(StorageSyscall(request=StorageRequest(op="put", key=f"k{i}", content=f"value {i} v2")), w)
         print(i, flush=True)  # acknowledged
         i += 1
     """

@@ -73,36 +73,45 @@ def test_malformed_llm_requests_are_rejected_at_construction():
             LLMRequest(**bad)
 
 
+def cred(kernel, name):
+    """A credential for ``name`` issued on the kernel owner's authority."""
+    return kernel.credential_for(name, by=kernel.owner)
+
+
 def test_kernel_routes_to_registered_handlers_and_isolates_failures():
     with aios.Kernel() as kernel:
         kernel.register("echo", lambda sc: sc.request.text.upper() if sc.request.text != "boom" else 1 / 0)
-        ok = kernel.submit(EchoSyscall(agent="a", request=EchoRequest(text="hi")))
-        bad = kernel.submit(EchoSyscall(agent="b", request=EchoRequest(text="boom")))
+        ok = kernel.submit(EchoSyscall(agent="a", request=EchoRequest(text="hi")), cred(kernel, "a"))
+        bad = kernel.submit(EchoSyscall(request=EchoRequest(text="boom")), cred(kernel, "b"))
+        assert bad.agent == "b"  # stamped from the credential
         assert ok.wait(5) == "HI"
         with pytest.raises(SyscallFailed) as err:
             bad.wait(5)
         assert err.value.error.type == "ZeroDivisionError"
         # the kernel keeps serving after a handler crashed
-        assert kernel.syscall(EchoSyscall(agent="a", request=EchoRequest(text="again")), 5) == "AGAIN"
+        assert kernel.syscall(EchoSyscall(request=EchoRequest(text="again")), cred(kernel, "a"), 5) == "AGAIN"
         assert kernel.metrics()["agents"]["a"]["syscalls"] == 2
 
 
 def test_kernel_rejects_unknown_kinds_non_syscalls_and_use_after_shutdown():
     kernel = aios.Kernel()
+    a = cred(kernel, "a")
     with pytest.raises(SyscallRejected, match="no module serves 'echo'"):
-        kernel.submit(EchoSyscall(agent="a", request=EchoRequest(text="x")))
+        kernel.submit(EchoSyscall(request=EchoRequest(text="x")), a)
     with pytest.raises(SyscallRejected, match="expected a Syscall"):
-        kernel.submit({"agent": "a"})
+        kernel.submit({"agent": "a"}, a)
     kernel.shutdown()
     kernel.register("echo", lambda sc: None)
     with pytest.raises(SyscallRejected, match="shut down"):
-        kernel.submit(EchoSyscall(agent="a", request=EchoRequest(text="x")))
+        kernel.submit(EchoSyscall(request=EchoRequest(text="x")), a)
 
 
 def test_two_kernels_share_no_state():
     with aios.Kernel() as k1, aios.Kernel() as k2:
         k1.register("echo", lambda sc: "one")
         k2.register("echo", lambda sc: "two")
-        assert k1.syscall(EchoSyscall(agent="a", request=EchoRequest(text="")), 5) == "one"
-        assert k2.syscall(EchoSyscall(agent="a", request=EchoRequest(text="")), 5) == "two"
+        assert k1.syscall(EchoSyscall(request=EchoRequest(text="")), cred(k1, "a"), 5) == "one"
+        assert k2.syscall(EchoSyscall(request=EchoRequest(text="")), cred(k2, "a"), 5) == "two"
+        with pytest.raises(SyscallRejected):  # a credential is good only at the kernel that issued it
+            k2.submit(EchoSyscall(request=EchoRequest(text="")), cred(k1, "a"))
         assert len(k1.history()) == len(k2.history()) == 1

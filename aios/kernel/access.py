@@ -2,9 +2,10 @@
 
 Model (kept small on purpose, like Unix owners + ACLs):
 - every agent has a privilege group: ``admin`` (may do anything), ``user`` (the default) or
-  ``guest`` (like a user, but runs only the tools that name ``guest``). The kernel's operator
-  assigns groups (``set_group``; admins can also do it by syscall). An agent's own claim about its
-  group (``AgentContext.group``) is never trusted.
+  ``guest`` (like a user, but runs only the tools that name ``guest``). Groups are part of the
+  agent's identity (``aios.kernel.identity``: the registry's ``agents`` table is the one record);
+  the kernel's operator assigns them (``set_group``; admins can also do it by syscall). The agent a
+  syscall acts for is stamped by the kernel from its credential, never taken from the request.
 - a resource is ``(kind, owner, name)``: ``memory``, ``storage``, ``file`` and ``log`` resources are
   owned by the agent whose namespace holds them (``name`` is an item id, key or path, ``*`` for
   the whole namespace); ``tool`` resources are owned by whoever registered the tool (``kernel`` for
@@ -33,12 +34,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aios.kernel.syscall import Syscall
+from aios.kernel.identity import GROUPS, Group, IdentityRegistry
+from aios.kernel.syscall import LLMSyscall, Syscall
 
-Group = Literal["admin", "user", "guest"]
 Operation = Literal["read", "write", "execute"]
 ResourceKind = Literal["memory", "storage", "file", "log", "tool"]
-GROUPS: tuple[str, ...] = ("admin", "user", "guest")
 
 
 class AccessDenied(Exception):
@@ -118,15 +118,13 @@ CREATE TABLE IF NOT EXISTS grants (
     kind TEXT NOT NULL, owner TEXT NOT NULL, name TEXT NOT NULL, operation TEXT NOT NULL,
     grantee TEXT NOT NULL, granted_by TEXT NOT NULL, time REAL NOT NULL,
     PRIMARY KEY (kind, owner, name, operation, grantee));
-CREATE TABLE IF NOT EXISTS groups (agent TEXT PRIMARY KEY, grp TEXT NOT NULL);
 """
 
 ResourceFn = Callable[[Syscall], list[tuple[str, str]]]
 
 
 class AccessManager:
-    def __init__(self, data_dir: str | Path, *, default_group: Group = "user"):
-        self.default_group = default_group
+    def __init__(self, data_dir: str | Path):
         self._lock = threading.Lock()
         self._db = sqlite3.connect(Path(data_dir) / "audit.db", check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -136,13 +134,15 @@ class AccessManager:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
-        self._groups = {r["agent"]: r["grp"] for r in self._db.execute("SELECT agent, grp FROM groups")}
         self._grants = {
             tuple(r) for r in self._db.execute("SELECT kind, owner, name, operation, grantee FROM grants")
         }
         self._resolvers: dict[str, Callable[[Syscall], list[tuple[Resource, str]]]] = {}
         self._tool_info: Callable[[str], tuple[str, set[str]] | None] = lambda name: None
         self._closed = False
+        # who is who: the registry shares this database and writes its failures to this audit log
+        self.identities = IdentityRegistry(data_dir, audit=self._audit)
+        self.govern(LLMSyscall.kind, self.llm_resources)
 
     # -- configuration (kernel operator) ----------------------------------------------------------
     def govern(self, kind: str, resolver: Callable[[Syscall], list[tuple[Resource, str]]]) -> None:
@@ -154,17 +154,22 @@ class AccessManager:
         self._tool_info = fn
 
     def group(self, agent: str) -> str:
-        return self._groups.get(agent, self.default_group)
+        return self.identities.group(agent)
 
     def set_group(
         self, agent: str, group: Group, *, by: str = "kernel", syscall_id: str | None = None
     ) -> None:
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r}")
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO groups (agent, grp) VALUES (?, ?)", (agent, group))
-            self._groups[agent] = group
+        self.identities.set_group(agent, group)
         self._audit(by, "set_group", f"agent:{agent}", group, "allowed", "", syscall_id)
+
+    @staticmethod
+    def llm_resources(syscall: LLMSyscall) -> list[tuple[Resource, str]]:
+        """An LLM syscall reads the caller's storage when it asks for retrieval (``retrieve_k``)."""
+        if syscall.request.retrieve_k > 0:
+            return [(Resource("storage", syscall.agent, "*"), "read")]
+        return []
 
     # -- decisions --------------------------------------------------------------------------------
     def owner_of(self, res: Resource) -> str | None:
@@ -350,8 +355,12 @@ class AccessManager:
             case "revoke":
                 return self.revoke(me, res, r.operation, r.grantee, syscall.id)
             case "check":
+                who = r.grantee or me
+                if who != me and self.group(me) != "admin":  # answers only about the asking agent
+                    self._audit(me, "check", str(res), r.operation, "denied", f"about {who}: not admin", syscall.id)
+                    raise AccessDenied("only admins may ask about another agent's access")
                 self._audit(me, "check", str(res), r.operation, "allowed", "", syscall.id)
-                return self._decide(r.grantee or me, res, r.operation)[0]
+                return self._decide(who, res, r.operation)[0]
             case "grants":
                 self._audit(me, "grants", f"grants:{me}", "read", "allowed", "", syscall.id)
                 return self.grants(me)
@@ -379,3 +388,4 @@ class AccessManager:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+        self.identities.close()

@@ -10,8 +10,13 @@ Routing:
 - every other kind goes to the handler a module registered with ``register``; those run on a
   small thread pool, so a slow storage write never blocks token generation.
 
-Before any handler runs, the access hook (set by the access manager) may refuse it; a refusal
-fails that one syscall with a typed error and nothing else.
+Who is asking is never read from the syscall: ``submit`` takes a credential the kernel issued
+(``aios.kernel.identity``) and stamps the syscall's ``agent`` from it; a syscall that names another
+agent, or comes without a credential this kernel still honours, is refused (and audited). The
+kernel's creator holds ``kernel.owner`` (admin) and spawns agents with ``credential_for``.
+
+Before any handler runs (LLM syscalls included), the access hook (set by the access manager) may
+refuse it; a refusal fails that one syscall with a typed error and nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from aios.kernel.config import KernelConfig
+from aios.kernel.identity import Credential, IdentityRegistry, acting
 from aios.kernel.syscall import LLMSyscall, Syscall, SyscallRejected
 
 log = logging.getLogger("aios.kernel")
@@ -65,7 +71,9 @@ class Kernel:
         self._history: deque[Syscall] = deque(maxlen=100_000)
         self._history_lock = threading.Lock()
         self.modules: dict[str, Any] = {}
+        self.identities: IdentityRegistry  # set by the access manager's installation
         self._install_modules()
+        self._owner = self.identities.issue("kernel", "admin")
 
     # -- modules ---------------------------------------------------------------------------------
     def _install_modules(self) -> None:
@@ -113,15 +121,56 @@ class Kernel:
             except Exception:  # a bug in one step must not kill the kernel: the core fails the batch
                 log.exception("LLM core step crashed")
 
-    # -- syscalls ----------------------------------------------------------------------------------
-    def submit(self, syscall: Syscall) -> Syscall:
-        """Accept a syscall (validated already by pydantic) and queue it. Returns it for chaining.
+    # -- identity ----------------------------------------------------------------------------------
+    @property
+    def owner(self) -> Credential:
+        """The admin capability of the code that created this kernel.
 
-        Raises ``SyscallRejected`` for a request no module serves or a kernel that is shut down;
-        nothing is queued then.
+        Refused inside a non-admin agent's context: agent code holds only its own credential."""
+        me = acting()
+        if me is not None and self.identities.group(me.agent) != "admin":
+            self.identities.refuse(me, "asked for the kernel owner's capability")
+            raise PermissionError(f"agent {me.agent!r} may not take the kernel owner's capability")
+        return self._owner
+
+    def credential_for(self, name: str, group: str | None = None, *, by: Credential) -> Credential:
+        """A credential for agent ``name`` (registered in process if new), issued on ``by``'s authority.
+
+        ``by`` must be an admin credential this kernel issued; inside an agent's context it must be
+        that context's own. ``group`` (None: as registered, ``user`` for a new agent) sets the group.
+        """
+        why = self.identities.verify(by)
+        if why is None and self.identities.group(by.agent) != "admin":
+            why = f"{by.agent!r} is not an admin"
+        me = acting()
+        if why is None and me is not None and me is not by and self.identities.verify(me) is None:
+            why = f"code running as {me.agent!r} used another agent's credential"
+        if why is not None:
+            raise self.identities.refuse(by, f"credential_for({name!r}): {why}")
+        return self.identities.issue(name, group)
+
+    # -- syscalls ----------------------------------------------------------------------------------
+    def submit(self, syscall: Syscall, credential: Credential | None = None) -> Syscall:
+        """Accept a syscall (validated already by pydantic) for the agent ``credential`` names and
+        queue it. Returns it for chaining.
+
+        Raises ``SyscallRejected`` (``CredentialRejected`` for identity problems, audited) for a
+        missing, forged or revoked credential, a syscall naming another agent, one submitted twice,
+        a request no module serves or a kernel that is shut down; nothing is queued then.
         """
         if not isinstance(syscall, Syscall):
             raise SyscallRejected(f"expected a Syscall object, got {type(syscall).__name__}")
+        why = self.identities.verify(credential)
+        me = acting()
+        if why is None and me is not None and me is not credential and self.identities.verify(me) is None:
+            why = f"code running as {me.agent!r} submitted with another agent's credential"
+        if why is None and syscall.agent is not None and syscall.agent != credential.agent:
+            why = f"syscall names agent {syscall.agent!r} but the credential is {credential.agent!r}'s"
+        if why is None and not syscall.claim():
+            why = "this syscall object was submitted already"
+        if why is not None:
+            raise self.identities.refuse(credential, why, syscall.id)
+        syscall.agent = credential.agent
         if self._stop:
             raise SyscallRejected("kernel is shut down")
         if syscall.kind != LLMSyscall.kind and syscall.kind not in self._handlers:
@@ -129,6 +178,8 @@ class Kernel:
         with self._history_lock:
             self._history.append(syscall)
         if syscall.kind == LLMSyscall.kind:
+            if self._refused(syscall):
+                return syscall
             self.llm.add(syscall)
             with self._wake:
                 self._wake.notify_all()
@@ -136,21 +187,28 @@ class Kernel:
             self._pool.submit(self._serve, syscall)
         return syscall
 
+    def _refused(self, syscall: Syscall) -> bool:
+        """Run the access hook; a refusal fails the syscall (True)."""
+        if self._access_hook is None:
+            return False
+        reason = self._access_hook(syscall)
+        if reason is None:
+            return False
+        syscall.fail("PermissionDenied", reason)
+        return True
+
     def _serve(self, syscall: Syscall) -> None:
         try:
-            if self._access_hook is not None:
-                reason = self._access_hook(syscall)
-                if reason is not None:
-                    syscall.fail("PermissionDenied", reason)
-                    return
+            if self._refused(syscall):
+                return
             syscall.mark_running()
             syscall.complete(self._handlers[syscall.kind](syscall))
         except Exception as exc:  # the error goes to the caller, the kernel carries on
             syscall.fail(getattr(exc, "error_type", type(exc).__name__), str(exc))
 
-    def syscall(self, syscall: Syscall, timeout: float | None = None) -> Any:
+    def syscall(self, syscall: Syscall, credential: Credential | None = None, timeout: float | None = None) -> Any:
         """Submit and wait: the blocking form agent code uses."""
-        return self.submit(syscall).wait(timeout)
+        return self.submit(syscall, credential).wait(timeout)
 
     # -- records -----------------------------------------------------------------------------------
     def history(self, agent: str | None = None, kind: str | None = None) -> list[Syscall]:

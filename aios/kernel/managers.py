@@ -18,6 +18,7 @@ from typing import Any
 
 from aios.kernel.access import AccessManager, AccessSyscall, Resource
 from aios.kernel.embedding import make_embedder
+from aios.kernel.identity import IdentitySyscall
 from aios.kernel.memory import MemoryManager, MemorySyscall
 from aios.kernel.storage import StorageManager, StorageSyscall
 from aios.kernel.tools import Tool, ToolManager, ToolSyscall, install_builtins
@@ -41,6 +42,8 @@ def install_managers(kernel: Any) -> None:
     access.govern(StorageSyscall.kind, storage.resources)
     access.govern(ToolSyscall.kind, tools.resources)
     kernel.set_access_hook(access.hook)
+    kernel.identities = access.identities
+    kernel.register(IdentitySyscall.kind, access.identities.handle)
 
     kernel.register(MemorySyscall.kind, memory.handle)
     kernel.register(StorageSyscall.kind, storage.handle)

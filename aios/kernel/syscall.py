@@ -58,7 +58,9 @@ class Syscall(BaseModel):
     kind: ClassVar[str] = "base"
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
-    agent: str = Field(min_length=1, max_length=128, description="name of the calling agent")
+    agent: str | None = Field(
+        None, min_length=1, max_length=128, description="the calling agent: stamped by the kernel from the credential"
+    )
     status: SyscallStatus = SyscallStatus.QUEUED
     created_at: float = Field(default_factory=time.time)
     scheduled_at: float | None = None
@@ -69,6 +71,7 @@ class Syscall(BaseModel):
     _done: threading.Event = PrivateAttr(default_factory=threading.Event)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _callbacks: list = PrivateAttr(default_factory=list)
+    _claimed: bool = PrivateAttr(default=False)
 
     def __hash__(self) -> int:
         """Hashable by identity of the call, so syscalls can go straight into ``asyncio.gather``."""
@@ -90,6 +93,14 @@ class Syscall(BaseModel):
         return self._done.is_set()
 
     # -- transitions (called by the kernel only) --------------------------------------------
+    def claim(self) -> bool:
+        """True the first time only: a syscall object is submitted once (a replay is refused)."""
+        with self._lock:
+            if self._claimed:
+                return False
+            self._claimed = True
+            return True
+
     def mark_running(self) -> None:
         if self.scheduled_at is None:
             self.scheduled_at = time.time()

@@ -16,7 +16,7 @@ class Agent:
     """
 
     description: ClassVar[str] = ""
-    group: ClassVar[str] = "user"
+    group: ClassVar[str | None] = None  # None: the group the kernel has for this name
 
     def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from aios.kernel.access import AccessRequest, AccessSyscall
+from aios.kernel.identity import IdentitySyscall
 from aios.kernel.memory import MemoryRequest, MemorySyscall
 from aios.kernel.storage import StorageRequest, StorageSyscall
 from aios.kernel.syscall import SyscallRejected, ToolCall
@@ -25,22 +26,22 @@ from aios.sdk.runtime import current
 
 def _memory(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(MemorySyscall(agent=ctx.agent, request=MemoryRequest(**req)), timeout)
+    return ctx.call(MemorySyscall(request=MemoryRequest(**req)), timeout)
 
 
 def _storage(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(StorageSyscall(agent=ctx.agent, request=StorageRequest(**req)), timeout)
+    return ctx.call(StorageSyscall(request=StorageRequest(**req)), timeout)
 
 
 def _tool(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(ToolSyscall(agent=ctx.agent, request=ToolRequest(**req)), timeout)
+    return ctx.call(ToolSyscall(request=ToolRequest(**req)), timeout)
 
 
 def _access(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(AccessSyscall(agent=ctx.agent, request=AccessRequest(**req)), timeout)
+    return ctx.call(AccessSyscall(request=AccessRequest(**req)), timeout)
 
 
 # -- memory (short-term, freed when the agent exits) ---------------------------------------------
@@ -212,6 +213,22 @@ def run_tool_calls(tool_calls: list[ToolCall] | str) -> list[dict[str, Any]]:
     return out
 
 
+# -- agents (admins only) ---------------------------------------------------------------------------
+def agent_add(name: str, group: str = "user", *, rotate: bool = False) -> dict[str, str]:
+    """Register agent ``name``; returns ``{"name", "group", "token"}`` (the token is shown once)."""
+    return current().call(IdentitySyscall(request={"op": "add", "name": name, "group": group, "rotate": rotate}))
+
+
+def agent_list() -> list[dict[str, Any]]:
+    """Registered agents: name, group, created_at, revoked, has_token (never a token)."""
+    return current().call(IdentitySyscall(request={"op": "list"}))
+
+
+def agent_revoke(name: str) -> bool:
+    """Revoke ``name``: its token and every credential issued for it stop working."""
+    return current().call(IdentitySyscall(request={"op": "revoke", "name": name}))
+
+
 # -- access ---------------------------------------------------------------------------------------
 def grant(kind: str, name: str, operation: str, to: str, *, owner: str | None = None) -> dict[str, Any]:
     """Let agent ``to`` do ``operation`` (read/write/execute) on your resource ``kind:name``.
@@ -247,6 +264,9 @@ def audit_log(
 
 
 __all__ = [
+    "agent_add",
+    "agent_list",
+    "agent_revoke",
     "audit_log",
     "file_delete",
     "file_list",

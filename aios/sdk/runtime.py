@@ -1,7 +1,9 @@
 """How agent code reaches its kernel: an agent context, syscall-style calls, and concurrent runs.
 
-Agent code never holds kernel internals; it holds an ``AgentContext`` (which kernel, which agent)
-and makes syscalls through it. The module-level functions (``aios.chat`` ...) use the context of
+Agent code never holds kernel internals; it holds an ``AgentContext`` (which kernel, and the
+credential the kernel issued to this agent) and makes syscalls through it. The kernel's owner
+enters an agent's context by name (``agent_context(kernel, "alice")`` uses ``kernel.owner``);
+code already running as an agent cannot enter another agent's context. The module-level functions (``aios.chat`` ...) use the context of
 the agent currently running in this thread or asyncio task (a ``ContextVar``, so each agent thread
 sees its own and several kernels can serve agents in one process).
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from aios.kernel.identity import Credential, act_as, acting, stop_acting
 from aios.kernel.kernel import Kernel
 from aios.kernel.syscall import LLMRequest, LLMResponse, LLMSyscall, Message, Syscall
 
@@ -26,12 +29,20 @@ from aios.kernel.syscall import LLMRequest, LLMResponse, LLMSyscall, Message, Sy
 @dataclass(frozen=True)
 class AgentContext:
     kernel: Kernel
-    agent: str
-    group: str = "user"
+    credential: Credential
+
+    @property
+    def agent(self) -> str:
+        return self.credential.agent
+
+    @property
+    def group(self) -> str:
+        """The agent's group now (the kernel's record, which an admin may change)."""
+        return self.kernel.identities.group(self.credential.agent)
 
     def call(self, syscall: Syscall, timeout: float | None = None) -> Any:
         """Submit a syscall and wait for its result (raises ``SyscallFailed`` on a typed error)."""
-        return self.kernel.submit(syscall).wait(timeout)
+        return self.kernel.submit(syscall, self.credential).wait(timeout)
 
 
 _current: contextvars.ContextVar[AgentContext | None] = contextvars.ContextVar("aios_agent", default=None)
@@ -45,13 +56,36 @@ def current() -> AgentContext:
 
 
 @contextmanager
-def agent_context(kernel: Kernel, agent: str, group: str = "user") -> Iterator[AgentContext]:
-    """Act as ``agent`` on ``kernel`` inside the block (scripts and tests use this directly)."""
-    ctx = AgentContext(kernel, agent, group)
+def agent_context(
+    kernel: Kernel, agent: str | Credential, group: str | None = None
+) -> Iterator[AgentContext]:
+    """Act as ``agent`` on ``kernel`` inside the block (scripts and tests use this directly).
+
+    ``agent`` is a credential the kernel issued, or a name: then the kernel's owner vouches for it
+    (``kernel.credential_for(name, group, by=kernel.owner)``; ``group`` None keeps the agent's
+    registered group). Refused (``PermissionError``) inside another agent's context: agent code
+    holds only its own.
+    """
+    outer = acting()
+    if isinstance(agent, Credential):
+        cred = agent
+        if group is not None and group != kernel.identities.group(cred.agent):
+            raise ValueError("a credential carries its group: pass group=None")
+    else:
+        if outer is not None and outer.agent != agent:
+            raise PermissionError(f"code running as {outer.agent!r} may not enter {agent!r}'s context")
+        cred = kernel.credential_for(agent, group, by=kernel.owner)
+    if outer is not None and outer.agent != cred.agent:
+        raise PermissionError(f"code running as {outer.agent!r} may not enter {cred.agent!r}'s context")
+    if kernel.identities.verify(cred) is not None:
+        raise kernel.identities.refuse(cred, f"agent_context: {kernel.identities.verify(cred)}")
+    ctx = AgentContext(kernel, cred)
     token = _current.set(ctx)
+    acting_token = act_as(cred)
     try:
         yield ctx
     finally:
+        stop_acting(acting_token)
         _current.reset(token)
 
 
@@ -77,7 +111,7 @@ def chat(messages: str | list[Message] | list[dict], *, timeout: float | None = 
     Invalid fields raise pydantic's ``ValidationError`` here, before anything reaches the kernel.
     """
     ctx = current()
-    sc = LLMSyscall(agent=ctx.agent, request=LLMRequest(messages=_as_messages(messages), **request))
+    sc = LLMSyscall(request=LLMRequest(messages=_as_messages(messages), **request))
     resp: LLMResponse = ctx.call(sc, timeout)
     return ChatResult(
         text=resp.text,
@@ -120,7 +154,7 @@ class AgentSpec:
     name: str
     fn: Callable[[Any], Any]
     task: Any = None
-    group: str = "user"
+    group: str | None = None  # None: as registered with the kernel (``user`` for a new agent)
     exits: list[Callable[[], None]] = field(default_factory=list)
 
 
