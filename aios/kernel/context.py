@@ -14,6 +14,12 @@ Where the KV goes: it stays on the model's device while the in-memory total is w
 accelerator's memory belongs to running requests). Past the budget, snapshots are written to disk
 (safetensors) under ``spill_dir`` (or a private temporary directory) and read back on restore.
 
+A disk is not trusted: each spilled file carries a CRC-32 of its tensors, checked on restore. A
+file that is missing, truncated or corrupted, and a spill that could not be written at all (disk
+full), raise ``SnapshotLost`` on restore instead of handing back garbage; the engine then rebuilds
+the KV from the snapshot's token ids (``recompute``), which the fixed-shape decode makes exact. The
+KV is an optimisation over the tokens, never the only copy of a generation.
+
 Context window
 --------------
 ``fit_prompt`` renders a chat and makes ``prompt + max_new_tokens`` fit the model's window:
@@ -37,6 +43,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,16 +60,34 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (keys, values) [kv_he
 # ----------------------------------------------------------------------------------------------------
 
 
+class SnapshotLost(RuntimeError):
+    """A suspended generation's KV cannot be given back (spill failed, file missing or corrupt)."""
+
+    error_type = "SnapshotLost"
+
+
 @dataclass
 class KVHandle:
-    """Where one beam group's KV lives: in memory (``kv``) or on disk (``path``)."""
+    """Where one beam group's KV lives: in memory (``kv``), on disk (``path``), or nowhere
+    (``"lost"``: the spill failed; ``reason`` says why and the tokens rebuild it)."""
 
     nbytes: int
-    location: str  # "device" | "cpu" | "disk"
+    location: str  # "device" | "cpu" | "disk" | "lost"
     kv: list[KV] | None = None  # one KV per beam
     path: Path | None = None
     num_beams: int = 1
     num_layers: int = 0
+    crc: int | None = None  # CRC-32 of the spilled tensors, in file order
+    reason: str = ""
+
+
+def _tensor_crc(tensors: dict[str, torch.Tensor]) -> int:
+    """CRC-32 over the raw bytes of ``tensors`` in key order (catches truncation and bit rot)."""
+    crc = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu().reshape(-1)
+        crc = zlib.crc32(t.view(torch.uint8).numpy(), crc)
+    return crc
 
 
 @dataclass
@@ -95,6 +120,8 @@ class ContextStats:
     bytes_on_disk: int = 0
     peak_bytes_in_memory: int = 0
     snapshot_bytes_total: int = 0
+    spill_failures: int = 0  # spills that could not be written (disk full, I/O error)
+    lost: int = 0  # restores refused: KV missing, truncated, corrupt, or never written
 
 
 class ContextManager:
@@ -142,22 +169,55 @@ class ContextManager:
             for i, (k, v) in enumerate(kv):
                 tensors[f"b{b}.k{i}"] = k.contiguous().cpu()
                 tensors[f"b{b}.v{i}"] = v.contiguous().cpu()
-        save_file(tensors, str(path))
-        return KVHandle(nbytes, "disk", path=path, num_beams=len(kv_per_beam), num_layers=n_layers)
+        try:
+            save_file(tensors, str(path))
+        except Exception as exc:  # disk full, read-only, I/O error: keep the tokens, drop the KV
+            path.unlink(missing_ok=True)
+            with self._lock:
+                self.stats.spill_failures += 1
+                self.stats.bytes_on_disk -= nbytes
+            log.warning("KV spill to %s failed (%s); it will be recomputed from tokens on resume", path, exc)
+            return KVHandle(nbytes, "lost", num_beams=len(kv_per_beam), num_layers=n_layers,
+                            reason=f"spill failed: {type(exc).__name__}: {exc}")  # fmt: skip
+        return KVHandle(
+            nbytes, "disk", path=path, num_beams=len(kv_per_beam), num_layers=n_layers, crc=_tensor_crc(tensors)
+        )
 
     def load(self, handle: KVHandle) -> list[KV]:
-        """The KV of a handle (and release it: a snapshot is restored once)."""
-        if handle.location == "disk":
-            from safetensors.torch import load_file
+        """The KV of a handle (and release it: a snapshot is restored once).
 
+        Raises ``SnapshotLost`` when there is no trustworthy KV to give back: never written, or a
+        spilled file that is missing, unreadable, or fails its checksum.
+        """
+        try:
+            if handle.location == "lost":
+                raise SnapshotLost(handle.reason or "the KV of this snapshot was not kept")
+            if handle.location == "disk":
+                kv = self._read_spill(handle)
+            else:
+                kv = handle.kv
+        except SnapshotLost:
+            with self._lock:
+                self.stats.lost += 1
+            raise
+        finally:
+            self.release(handle)
+        self.stats.restores += 1
+        return kv
+
+    @staticmethod
+    def _read_spill(handle: KVHandle) -> list[KV]:
+        from safetensors.torch import load_file
+
+        try:
             t = load_file(str(handle.path))
             kv = [
                 [(t[f"b{b}.k{i}"], t[f"b{b}.v{i}"]) for i in range(handle.num_layers)] for b in range(handle.num_beams)
             ]
-        else:
-            kv = handle.kv
-        self.release(handle)
-        self.stats.restores += 1
+        except Exception as exc:  # missing, truncated, a mangled header, a tensor gone
+            raise SnapshotLost(f"spilled KV {handle.path} unreadable: {type(exc).__name__}: {exc}") from exc
+        if handle.crc is not None and _tensor_crc(t) != handle.crc:
+            raise SnapshotLost(f"spilled KV {handle.path} failed its checksum (corrupted on disk)")
         return kv
 
     def release(self, handle: KVHandle) -> None:

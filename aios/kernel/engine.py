@@ -32,8 +32,10 @@ from typing import Any
 import torch
 
 from aios.kernel.config import KernelConfig
-from aios.kernel.context import ContextManager, ContextTooLong, fit_prompt
+from aios.kernel.context import ContextManager, ContextTooLong, SnapshotLost, fit_prompt
+from aios.kernel.faults import decode_isolated, require_finite
 from aios.kernel.model_runner import ModelRunner
+from aios.kernel.recompute import recompute_kv
 from aios.kernel.scheduler import Scheduler, make_policy
 from aios.kernel.sequence import SeqStatus, Sequence
 from aios.kernel.syscall import LLMRequest, LLMResponse, LLMSyscall
@@ -301,6 +303,8 @@ class LLMEngine:
         now = time.monotonic()
         for seq in new:
             self.scheduler.add(seq, now)
+        for seq in [s for s in self.scheduler.running + self.scheduler.ready if s.syscall.finished]:
+            self._fail(seq, "Cancelled", "cancelled")  # ended from outside: free its rows and snapshot
         if not self.scheduler.has_work():
             return False
         plan = self.scheduler.schedule(now)
@@ -340,10 +344,16 @@ class LLMEngine:
     def _resume(self, seq: Sequence) -> None:
         t0 = time.perf_counter()
         snap, seq.snapshot = seq.snapshot, None
-        kv = self.ctx.restore(seq, snap)
         seq.slots = self.runner.alloc(seq.num_rows)
-        for j, beam_kv in enumerate(kv):
-            self.runner.cache.write(seq.slots[j], beam_kv)
+        try:
+            kv = self.ctx.restore(seq, snap)
+        except SnapshotLost as exc:  # KV gone or corrupt: rebuild it from the tokens (exact, see recompute)
+            log.warning("request %s: %s; recomputing its KV from tokens", seq.syscall.id, exc)
+            recompute_kv(self.runner, seq)
+            seq.context_actions.append(f"KV recomputed from {seq.kv_len} tokens ({exc})")
+        else:
+            for j, beam_kv in enumerate(kv):
+                self.runner.cache.write(seq.slots[j], beam_kv)
         seq.status = SeqStatus.RUNNING
         seq.syscall.mark_running()
         self._stats.restore_s += time.perf_counter() - t0
@@ -366,11 +376,11 @@ class LLMEngine:
         rows = [(s.slots[j], ids[-1], s.kv_len) for s in seqs for j, ids in enumerate(s.output_ids)]
         try:
             logits = self.runner.decode(rows)
-        except Exception as exc:
-            log.exception("batched decode failed; failing the %d requests in it", len(seqs))
-            for s in seqs:
-                self._fail(s, "EngineError", f"batched decode failed: {type(exc).__name__}: {exc}")
-            return
+        except Exception:  # contain it: each request's rows again on their own (see faults)
+            log.exception("batched decode failed; retrying its %d requests one by one", len(seqs))
+            seqs, logits = decode_isolated(self.runner, seqs, self._fail)
+            if not seqs:
+                return
         self._stats.decode_steps += 1
         self._stats.decode_rows += len(rows)
         self._stats.rows_hist[len(rows)] = self._stats.rows_hist.get(len(rows), 0) + 1
@@ -422,6 +432,7 @@ class LLMEngine:
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Consume one row of logits per live beam: pick the next token(s), finish if done."""
+        require_finite(logits)  # NaN/inf logits fail this request (NumericalError), never sample garbage
         seq.quantum_used += 1
         self._stats.generated_tokens += 1
         if seq.num_beams > 1:

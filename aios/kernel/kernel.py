@@ -219,6 +219,15 @@ class Kernel:
                 if (agent is None or s.agent == agent) and (kind is None or s.kind == kind)
             ]
 
+    def cancel_agent(self, agent: str, since: float = 0.0, reason: str = "the agent exited") -> int:
+        """Cancel ``agent``'s unfinished syscalls created at or after ``since`` (an agent that died or
+        returned leaves nobody to wait for them); returns how many. The LLM core frees their rows."""
+        n = sum(s.cancel(reason) for s in self.history(agent=agent) if not s.finished and s.created_at >= since)
+        if n:
+            with self._wake:
+                self._wake.notify_all()
+        return n
+
     def metrics(self) -> dict[str, Any]:
         """Per-syscall and per-agent waiting/turnaround, tokens and preemptions."""
         done = [s for s in self.history() if s.finished]

@@ -115,6 +115,15 @@ class Syscall(BaseModel):
     def fail(self, type: str, message: str) -> None:
         self._finish(SyscallStatus.FAILED, error=SyscallError(type=type, message=message))
 
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """End the call now as FAILED with type ``Cancelled`` (nothing happens once it finished).
+
+        The module serving it notices and frees what it holds: the LLM engine drops the sequence,
+        its batch rows and its snapshot at its next step. True if the call ended cancelled.
+        """
+        self._finish(SyscallStatus.FAILED, error=SyscallError(type="Cancelled", message=reason))
+        return self.error is not None and self.error.type == "Cancelled"
+
     def _finish(self, status: SyscallStatus, result: Any = None, error: SyscallError | None = None) -> None:
         with self._lock:
             if self._done.is_set():

@@ -170,6 +170,8 @@ def run_agent(kernel: Kernel, spec: AgentSpec) -> AgentRun:
         finally:
             for hook in spec.exits:
                 hook()
+            # like a process's exit: whatever it left in flight is cancelled and its rows freed
+            kernel.cancel_agent(spec.name, since=started, reason=f"agent {spec.name} exited")
     finished = time.time()
     return AgentRun(
         agent=spec.name,
