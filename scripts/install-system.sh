@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Host packages aios needs: clang/llvm to build BPF, gcc for the static guest workloads, qemu for the
 # micro-VM, bpftool to dump vmlinux.h, libbpf for the host-mode loader, the archive keyring for the
-# private apt configuration that fetches guest packages (never installed on the host).
+# private apt configuration that fetches guest packages (never installed on the host), bubblewrap for the
+# namespace sandbox of the python tool (aios/kernel/sandbox.py).
 # Idempotent: installs only what is missing (and runs `apt-get update` only then).
 set -euo pipefail
-pkgs=(clang llvm binutils gcc qemu-system-x86 bpftool libbpf1 zstd cpio debian-archive-keyring)
+pkgs=(clang llvm binutils gcc qemu-system-x86 bpftool libbpf1 zstd cpio debian-archive-keyring bubblewrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field
 
 import aios
 from aios.kernel.syscall import SyscallFailed
-from aios.kernel.tools import FairSemaphore, ToolContext, make_tool
+from aios.kernel.tool_queue import ToolQueue
+from aios.kernel.tools import ToolContext, make_tool
 
 
 class Args(BaseModel):
@@ -152,7 +153,7 @@ def test_exclusive_serialized_different_tools_parallel(kernel):
         inside[name].set()
         ok = True
         if mode["same"] and first:  # hold the device until the other caller waits in the exclusion queue
-            ok = _wait_until(lambda: tm._groups["printer"].waiting >= 1 or peak[0] > 1)
+            ok = _wait_until(lambda: tm.queue.waiting("group:printer") >= 1 or peak[0] > 1)
         elif not mode["same"]:  # wait until the other tool is running too
             ok = inside[other[name]].wait(60)
         with lock:
@@ -235,18 +236,30 @@ def test_concurrency_limit_and_fifo(kernel):
         th.join(120)
     assert entered[0] == callers and peak[0] == 2
 
-    sem, order = FairSemaphore(1), []
-    sem.acquire()
-    waiters = []
-    for i in range(5):
-        th = threading.Thread(target=lambda i=i: (sem.acquire(), order.append(i), sem.release()))
-        th.start()
-        waiters.append(th)
-        assert _wait_until(lambda i=i: sem.waiting == i + 1)  # arrival order 0..4: each one is queued
-    sem.release()
-    for th in waiters:
-        th.join(60)
-    assert order == [0, 1, 2, 3, 4]
+
+
+def test_queue_is_round_robin_across_agents_and_fifo_within_one():
+    """Waiting calls hold no thread; when the slot frees, agents take turns (FIFO within an agent)."""
+    started: list[str] = []
+    q = ToolQueue(spawn=lambda fn: fn(), per_agent=4)  # spawn inline: the order is the admission order
+    q.set_capacity("tool:t", 1)
+    held: list = []
+
+    def call(label: str):
+        return lambda: (started.append(label), held.append(label))
+
+    for label in ["hog1", "hog2", "hog3", "hog4", "hog5"]:
+        q.submit("hog", ("tool:t",), call(label), lambda exc: None)
+    q.submit("victim", ("tool:t",), call("victim1"), lambda exc: None)
+    q.submit("victim", ("tool:t",), call("victim2"), lambda exc: None)
+    with pytest.raises(Exception) as ei:  # the hog's fifth waiting call is refused at once
+        q.submit("hog", ("tool:t",), call("hog6"), lambda exc: None)
+    assert getattr(ei.value, "error_type", "") == "ToolBusy"
+    assert started == ["hog1"] and q.waiting("tool:t") == 6 and q.running("tool:t") == 1
+    while q.running("tool:t"):
+        q.release(("tool:t",))
+    assert started == ["hog1", "victim1", "hog2", "victim2", "hog3", "hog4", "hog5"]
+    assert q.refused == 1
 
 
 def test_tools_per_group(kernel):

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from aios.kernel.config import KernelConfig
 from aios.kernel.identity import Credential, IdentityRegistry, acting
-from aios.kernel.syscall import LLMSyscall, Syscall, SyscallRejected
+from aios.kernel.syscall import DEFERRED, LLMSyscall, Syscall, SyscallRejected
 
 log = logging.getLogger("aios.kernel")
 
@@ -87,6 +87,10 @@ class Kernel:
         if kind == LLMSyscall.kind:
             raise ValueError("llm syscalls are served by the LLM core")
         self._handlers[kind] = handler
+
+    def spawn(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the kernel's pool (modules hand admitted work back to it this way)."""
+        self._pool.submit(fn)
 
     def set_access_hook(self, hook: AccessHook) -> None:
         self._access_hook = hook
@@ -202,7 +206,9 @@ class Kernel:
             if self._refused(syscall):
                 return
             syscall.mark_running()
-            syscall.complete(self._handlers[syscall.kind](syscall))
+            result = self._handlers[syscall.kind](syscall)
+            if result is not DEFERRED:  # a deferred syscall is completed by its module later
+                syscall.complete(result)
         except Exception as exc:  # the error goes to the caller, the kernel carries on
             syscall.fail(getattr(exc, "error_type", type(exc).__name__), str(exc))
 

@@ -30,7 +30,7 @@ def install_managers(kernel: Any) -> None:
     memory = MemoryManager(
         storage, quota_bytes=cfg.memory_quota_kb * 1024, budget_bytes=int(cfg.memory_budget_mb * (1 << 20))
     )
-    tools = ToolManager(storage=storage, kernel=kernel)
+    tools = ToolManager(storage=storage, kernel=kernel, spawn=kernel.spawn)
     install_builtins(tools)
     access = AccessManager(storage.data_dir)
 

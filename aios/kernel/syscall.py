@@ -50,6 +50,17 @@ class SyscallRejected(ValueError):
     """Raised at submission for a request the kernel will not accept (it is never queued)."""
 
 
+class Deferred:
+    """What a handler returns when it will complete the syscall itself, later (e.g. a queued tool
+    call that must not hold a worker thread while it waits)."""
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED = Deferred()
+
+
 class Syscall(BaseModel):
     """Base of every syscall. Subclasses add a typed ``request`` field and set ``kind``."""
 

@@ -11,39 +11,37 @@ Conflicts are handled like OS resources:
 - ``max_concurrency``: at most that many calls of the tool run at once;
 - ``exclusive``: a mutual-exclusion group name (``True`` means the tool's own name); tools sharing
   a group never run at the same time.
-Waiters are served strictly in arrival order (``FairSemaphore``), so no agent starves. Locks are
-taken group first, then tool, always in that order, so two tools cannot deadlock each other.
+A call that must wait holds no thread: it is a record in the ``ToolQueue`` (``tool_queue.py``),
+served round robin across agents, so one agent's backlog cannot starve another agent.
 
 Each call has a timeout. An in-process tool that hangs cannot be killed (Python threads cannot
 be), so on timeout the caller gets ``ToolTimeout``, the slot is released and the stray thread is
-left to finish on its own; tools that execute code therefore run in a subprocess with resource
-limits (``run_sandboxed``), which is killed on timeout. A tool that raises or hangs fails only
-its own syscall.
+left to finish on its own. Everything that can run long or big therefore runs in another process
+the kernel kills: model-written code in the namespace sandbox (``sandbox.py``), the calculator in
+its worker (``calculator.py``). A tool that raises or hangs fails only its own syscall.
 """
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
 import inspect
 import json
-import operator
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import typing
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from aios.kernel.access import Resource
-from aios.kernel.syscall import Syscall
+from aios.kernel.calculator import Calculator
+from aios.kernel.sandbox import SandboxLimits, run_sandboxed
+from aios.kernel.syscall import DEFERRED, Syscall
+from aios.kernel.tool_queue import ToolBusy as ToolBusy  # re-exported: callers catch it from here
+from aios.kernel.tool_queue import ToolQueue
 
 
 class ToolError(Exception):
@@ -64,72 +62,32 @@ class ToolTimeout(ToolError):
     error_type = "ToolTimeout"
 
 
-class ToolBusy(ToolError):
-    error_type = "ToolBusy"
-
-
 # ---------------------------------------------------------------------------------------------
 # Syscall
 # ---------------------------------------------------------------------------------------------
 
 
-class ToolRequest(BaseModel):
+class CallTool(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    op: Literal["call", "list"] = "call"
-    name: str | None = Field(None, min_length=1, max_length=128)
+    op: Literal["call"] = "call"
+    name: str = Field(min_length=1, max_length=128)
     arguments: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(None, gt=0, le=3600, description="at most the tool's own timeout")
 
-    @model_validator(mode="after")
-    def _check(self) -> ToolRequest:
-        if self.op == "call" and self.name is None:
-            raise ValueError("tool op 'call' needs a name")
-        return self
+
+class ListTools(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["list"] = "list"
+
+
+ToolRequest = Annotated[CallTool | ListTools, Field(discriminator="op")]
 
 
 class ToolSyscall(Syscall):
     kind: ClassVar[str] = "tool"
     request: ToolRequest
-
-
-# ---------------------------------------------------------------------------------------------
-# Fair queuing
-# ---------------------------------------------------------------------------------------------
-
-
-class FairSemaphore:
-    """A counting semaphore that admits waiters strictly first-come, first-served."""
-
-    def __init__(self, slots: int):
-        self.slots = slots
-        self._cv = threading.Condition()
-        self._queue: deque[object] = deque()
-        self._in_use = 0
-
-    def acquire(self, timeout: float | None = None) -> bool:
-        me = object()
-        with self._cv:
-            self._queue.append(me)
-            ok = self._cv.wait_for(lambda: self._queue[0] is me and self._in_use < self.slots, timeout)
-            if not ok:
-                self._queue.remove(me)
-                self._cv.notify_all()
-                return False
-            self._queue.popleft()
-            self._in_use += 1
-            self._cv.notify_all()
-            return True
-
-    def release(self) -> None:
-        with self._cv:
-            self._in_use -= 1
-            self._cv.notify_all()
-
-    @property
-    def waiting(self) -> int:
-        with self._cv:
-            return len(self._queue)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,18 +167,25 @@ def make_tool(fn: Callable[..., Any], name: str | None = None, **options: Any) -
 
 
 class ToolManager:
-    def __init__(self, *, storage: Any = None, kernel: Any = None, queue_timeout: float = 300.0):
+    def __init__(
+        self,
+        *,
+        storage: Any = None,
+        kernel: Any = None,
+        queue_timeout: float = 300.0,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
+    ):
         self.storage = storage
         self.kernel = kernel
-        self.queue_timeout = queue_timeout
         self._tools: dict[str, Tool] = {}
-        self._slots: dict[str, FairSemaphore] = {}  # per tool (max_concurrency)
-        self._groups: dict[str, FairSemaphore] = {}  # per exclusion group
         self._lock = threading.Lock()
+        # where a queued call runs once admitted: the kernel's pool (a thread of its own without one)
+        self.queue = ToolQueue(spawn or _thread_spawn, max_wait=queue_timeout)
         self.can_execute: Callable[[str, Tool], bool] = lambda agent, tool: (
             True
         )  # the access manager replaces it
         self.log_calls = True
+        self._closers: list[Callable[[], None]] = []
 
     # -- registry ---------------------------------------------------------------------------------
     def register(
@@ -252,15 +217,15 @@ class ToolManager:
                 raise ValueError(f"a tool named {tool.name!r} is already registered")
             self._tools[tool.name] = tool
             if max_concurrency is not None:
-                self._slots[tool.name] = FairSemaphore(max_concurrency)
+                self.queue.set_capacity(f"tool:{tool.name}", max_concurrency)
             if tool.exclusive is not None:
-                self._groups.setdefault(tool.exclusive, FairSemaphore(1))
+                self.queue.set_capacity(f"group:{tool.exclusive}", 1)
         return tool
 
     def unregister(self, name: str) -> None:
         with self._lock:
             self._tools.pop(name, None)
-            self._slots.pop(name, None)
+            self.queue.drop_capacity(f"tool:{name}")
 
     def get(self, name: str) -> Tool:
         tool = self._tools.get(name)
@@ -281,10 +246,16 @@ class ToolManager:
             if self.can_execute(agent, t)
         ]
 
+    @staticmethod
+    def keys(tool: Tool) -> tuple[str, ...]:
+        """The queue slots a call of ``tool`` needs (none: it starts at once)."""
+        keys = () if tool.exclusive is None else (f"group:{tool.exclusive}",)
+        return keys + (() if tool.max_concurrency is None else (f"tool:{tool.name}",))
+
     # -- calls ------------------------------------------------------------------------------------
-    def call(
-        self, agent: str, name: str, arguments: dict[str, Any], timeout: float | None = None
-    ) -> dict[str, Any]:
+    def _prepare(
+        self, agent: str, name: str, arguments: dict[str, Any], timeout: float | None
+    ) -> tuple[Tool, dict[str, Any], float]:
         tool = self.get(name)
         try:
             args = tool.params.model_validate(arguments)
@@ -298,23 +269,62 @@ class ToolManager:
             kwargs = {k: getattr(args, k) for k in type(args).model_fields}
         if tool.ctx_param:
             kwargs[tool.ctx_param] = ToolContext(agent, self.storage, self.kernel)
-        limit = min(timeout, tool.timeout) if timeout else tool.timeout
-        held: list[FairSemaphore] = []
-        try:
-            for sem in (self._groups.get(tool.exclusive or ""), self._slots.get(tool.name)):
-                if sem is not None:
-                    if not sem.acquire(self.queue_timeout):
-                        raise ToolBusy(f"{name}: waited {self.queue_timeout}s in the queue")
-                    held.append(sem)
-            started = time.time()
-            result = self._run(tool, kwargs, limit)
-            finished = time.time()
-        finally:
-            for sem in reversed(held):
-                sem.release()
+        return tool, kwargs, min(timeout, tool.timeout) if timeout else tool.timeout
+
+    def _execute(self, agent: str, tool: Tool, kwargs: dict[str, Any], limit: float) -> dict[str, Any]:
+        started = time.time()
+        result = self._run(tool, kwargs, limit)
+        finished = time.time()
         if self.log_calls and self.storage is not None:
-            self.storage.log_append(agent, "tool_call", {"tool": name, "elapsed": finished - started})
-        return {"name": name, "result": result, "started": started, "finished": finished}
+            self.storage.log_append(agent, "tool_call", {"tool": tool.name, "elapsed": finished - started})
+        return {"name": tool.name, "result": result, "started": started, "finished": finished}
+
+    def start(
+        self,
+        agent: str,
+        name: str,
+        arguments: dict[str, Any],
+        timeout: float | None,
+        done: Callable[[dict[str, Any] | None, Exception | None], None],
+    ) -> dict[str, Any] | None:
+        """Run a call now and return its result, or queue it without holding this thread and return
+        None (then ``done(result, error)`` is called from the pool once it ran). Bad arguments and
+        failures of a call run now raise here."""
+        tool, kwargs, limit = self._prepare(agent, name, arguments, timeout)
+        keys = self.keys(tool)
+        if not keys:
+            return self._execute(agent, tool, kwargs, limit)
+
+        def run() -> None:
+            try:
+                out, err = self._execute(agent, tool, kwargs, limit), None
+            except Exception as exc:
+                out, err = None, exc
+            finally:
+                self.queue.release(keys)
+            done(out, err)
+
+        self.queue.submit(agent, keys, run, lambda exc: done(None, exc))
+        return None
+
+    def call(
+        self, agent: str, name: str, arguments: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Run a tool and wait for it (scripts and tests; syscalls go through ``handle``)."""
+        box: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def done(out: dict[str, Any] | None, err: Exception | None) -> None:
+            box.update(out=out, err=err)
+            finished.set()
+
+        out = self.start(agent, name, arguments, timeout, done)
+        if out is not None:
+            return out
+        finished.wait()
+        if box["err"] is not None:
+            raise box["err"]
+        return box["out"]
 
     @staticmethod
     def _run(tool: Tool, kwargs: dict[str, Any], timeout: float) -> Any:
@@ -334,7 +344,7 @@ class ToolManager:
             raise ToolTimeout(f"{tool.name} did not finish within {timeout:g}s")
         if "error" in box:
             exc = box["error"]
-            if isinstance(exc, ToolError):
+            if isinstance(exc, ToolError) or hasattr(exc, "error_type"):  # typed already: keep its type
                 raise exc
             raise ToolError(f"{tool.name} raised {type(exc).__name__}: {exc}") from exc
         return box.get("result")
@@ -342,179 +352,33 @@ class ToolManager:
     # -- syscalls ---------------------------------------------------------------------------------
     def resources(self, syscall: ToolSyscall) -> list[tuple[Resource, str]]:
         r = syscall.request
-        if r.op == "list":
+        if isinstance(r, ListTools):
             return []
         tool = self._tools.get(r.name)
         return [(Resource("tool", tool.owner if tool else "?", r.name), "execute")]
 
     def handle(self, syscall: ToolSyscall) -> Any:
         r = syscall.request
-        if r.op == "list":
+        if isinstance(r, ListTools):
             return self.list(syscall.agent)
-        return self.call(syscall.agent, r.name, r.arguments, r.timeout)
+
+        def done(out: dict[str, Any] | None, err: Exception | None) -> None:
+            if err is None:
+                syscall.complete(out)
+            else:
+                syscall.fail(getattr(err, "error_type", type(err).__name__), str(err))
+
+        out = self.start(syscall.agent, r.name, r.arguments, r.timeout, done)
+        return DEFERRED if out is None else out  # DEFERRED: ``done`` completes the syscall later
+
+    def close(self) -> None:
+        self.queue.close()
+        for close in self._closers:
+            close()
 
 
-# ---------------------------------------------------------------------------------------------
-# Sandboxed code execution
-# ---------------------------------------------------------------------------------------------
-
-_LAUNCHER = """
-import os, resource, sys
-cpu, mem, fsize = {cpu}, {mem}, {fsize}
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-code = sys.stdin.read()
-def _install():
-    # all state lives in this closure; user code runs with its own globals and cannot reach it
-    # (gc, frame introspection and function rewriting are refused below)
-    realpath, isinst, str_, bytes_ = os.path.realpath, isinstance, str, bytes
-    cwd = realpath(os.getcwd()) + os.sep
-    ro = tuple(realpath(p) + os.sep for p in {{sys.prefix, sys.base_prefix, sys.exec_prefix}})
-    deny = ("os.system", "os.exec", "os.posix_spawn", "os.fork", "os.forkpty", "subprocess.Popen", "ctypes.",
-            "os.kill", "os.killpg", "signal.pthread_kill", "os.symlink", "os.link", "os.chdir", "os.fchdir",
-            "os.chroot", "gc.", "sys._current_frames", "sys.setprofile", "sys.settrace",
-            "sys.addaudithook", "code.__new__", "function.__new__", "cpython.")
-    blocked = ("ctypes", "_ctypes", "socket", "_socket", "dbm", "_dbm", "_gdbm", "_posixsubprocess", "gc")
-    special = ("__code__", "__defaults__", "__kwdefaults__", "__closure__", "__globals__")
-
-    def inside(p, roots):
-        return (realpath(p if isinst(p, str_) else p.decode()) + "/").startswith(roots)
-
-    def guard(event, args):
-        if event == "open":
-            path, mode = args[0], args[1]
-            if isinst(path, int) or inside(path, (cwd,)):
-                return
-            if (mode is None or "r" in str_(mode)) and "+" not in str_(mode or "") and inside(path, ro):
-                return
-            raise PermissionError("sandbox: no access to " + str_(path))
-        if event.startswith(deny) or (event == "import" and args[0].split(".")[0] in blocked):
-            raise PermissionError("sandbox: " + event + " is not allowed")
-        if event == "object.__setattr__" and args[1] in special:
-            raise PermissionError("sandbox: rewriting functions is not allowed")
-        if event in ("os.listdir", "os.scandir"):
-            if inside(str_(args[0] if args[0] is not None else "."), (cwd,) + ro):
-                return
-            raise PermissionError("sandbox: no access to " + str_(args[0]))
-        if event.startswith(("os.", "shutil.", "sqlite3.connect")):  # other path arguments stay in cwd
-            for a in args:
-                if isinst(a, (str_, bytes_)) and a and not inside(a, (cwd,)):
-                    raise PermissionError("sandbox: " + event + " outside the sandbox directory")
-
-    sys.addaudithook(guard)
-_install()
-del resource, cpu, mem, fsize, _install
-exec(compile(code, "<agent>", "exec"), {{"__name__": "__main__"}})
-"""
-
-
-def run_sandboxed(
-    code: str, *, timeout: float = 5.0, memory_mb: int = 256, max_output: int = 65536
-) -> dict[str, Any]:
-    """Run Python ``code`` in a fresh, isolated interpreter with CPU, memory and file-size limits.
-
-    The limits are set by the child itself before the code runs (``preexec_fn`` is unsafe in a
-    threaded parent). It runs in an empty temporary directory with an empty environment, and is
-    killed when ``timeout`` (wall clock) passes. An audit hook (which code cannot remove) confines
-    file access to that directory (plus read-only access to the Python installation) and refuses
-    process creation, ctypes and sockets: best effort, not a kernel-enforced jail: for hostile
-    code, run the kernel itself in a container.
-    """
-    launcher = _LAUNCHER.format(cpu=max(1, int(timeout) + 1), mem=memory_mb << 20, fsize=1 << 20)
-    with tempfile.TemporaryDirectory(prefix="aios-sandbox-") as cwd:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", launcher],
-                input=code,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                cwd=cwd,
-                env={"PATH": "/usr/bin:/bin", "PYTHONIOENCODING": "utf-8"},
-            )
-        except subprocess.TimeoutExpired as exc:  # subprocess.run kills the child
-            raise ToolTimeout(f"python code did not finish within {timeout:g}s") from exc
-    return {
-        "returncode": proc.returncode,
-        "stdout": proc.stdout[:max_output],
-        "stderr": proc.stderr[-max_output:],
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Exact calculator (no eval: the AST is checked node by node, then built in sympy)
-# ---------------------------------------------------------------------------------------------
-
-_BINOPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
-    ast.Mod: operator.mod,
-    ast.FloorDiv: operator.floordiv,
-}
-_FUNCS = (
-    "sqrt", "exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "factorial", "binomial",
-    "gcd", "lcm", "Abs", "floor", "ceiling", "Rational", "simplify", "expand", "factor", "diff",
-    "integrate", "solve", "limit", "isprime", "N",
-)  # fmt: skip
-_NAMES = {"pi": "pi", "e": "E", "E": "E", "I": "I", "oo": "oo", "abs": "Abs", "ceil": "ceiling"}
-
-
-def _to_sympy(node: ast.AST, sp: Any, depth: int = 0) -> Any:
-    if depth > 50:
-        raise ValueError("expression is nested too deeply")
-    if isinstance(node, ast.Expression):
-        return _to_sympy(node.body, sp, depth + 1)
-    if (
-        isinstance(node, ast.Constant)
-        and isinstance(node.value, int | float)
-        and not isinstance(node.value, bool)
-    ):
-        return sp.Integer(node.value) if isinstance(node.value, int) else sp.Rational(repr(node.value))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _to_sympy(node.left, sp, depth + 1), _to_sympy(node.right, sp, depth + 1)
-        if isinstance(node.op, ast.Pow) and right.is_number and abs(right) > 10_000:
-            raise ValueError("exponent too large")
-        return _BINOPS[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        v = _to_sympy(node.operand, sp, depth + 1)
-        return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.Name):
-        if node.id in _NAMES:
-            return getattr(sp, _NAMES[node.id])
-        if node.id.isidentifier() and len(node.id) <= 3:  # a variable: x, y, n ...
-            return sp.Symbol(node.id)
-        raise ValueError(f"unknown name {node.id!r}")
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
-        fname = _NAMES.get(node.func.id, node.func.id)
-        if fname not in _FUNCS:
-            raise ValueError(f"function {node.func.id!r} is not allowed")
-        return getattr(sp, fname)(*[_to_sympy(a, sp, depth + 1) for a in node.args])
-    raise ValueError(f"unsupported syntax: {ast.dump(node)[:60]}")
-
-
-def calculator(
-    expression: Annotated[str, Field(max_length=500, description="e.g. '1/3 + 2**100' or 'sqrt(8)'")],
-) -> Any:
-    """Evaluate a math expression exactly (sympy): rationals stay exact; symbolic results allowed.
-
-    Returns an int for integer results, otherwise the exact value as a string.
-    """
-    import sympy as sp
-
-    try:
-        tree = ast.parse(expression.replace("^", "**"), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(f"not an expression: {exc.msg}") from exc
-    value = sp.simplify(_to_sympy(tree, sp))
-    if getattr(value, "is_Integer", False):
-        return int(value)
-    return str(value)
+def _thread_spawn(fn: Callable[[], None]) -> None:
+    threading.Thread(target=fn, name="aios-tool-call", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,8 +392,8 @@ def python(
     ],
     timeout: Annotated[float, Field(gt=0, le=30)] = 5.0,
 ) -> dict[str, Any]:
-    """Run Python code in a sandboxed subprocess (CPU, memory and file-size limits) and return its output."""
-    return run_sandboxed(code, timeout=timeout)
+    """Run Python code in an OS sandbox (no network, no files but its own, CPU/memory limits); returns its output."""
+    return run_sandboxed(code, SandboxLimits(timeout=timeout))
 
 
 def current_time(
@@ -575,7 +439,9 @@ def storage_search(
 def install_builtins(tm: ToolManager) -> None:
     """Register the offline built-in tools."""
     everyone = ("admin", "user", "guest")
-    tm.register(calculator, timeout=10, groups=everyone)
+    calc = Calculator(timeout=10)  # one worker process per tool manager (so per kernel)
+    tm.register(calc.calculator, name="calculator", timeout=15, max_concurrency=1, groups=everyone)
+    tm._closers.append(calc.close)
     tm.register(current_time, timeout=5, groups=everyone)
     # code execution: a few at a time, each in its own limited subprocess
     tm.register(python, timeout=35, max_concurrency=max(1, (os.cpu_count() or 2) // 2))

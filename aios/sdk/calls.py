@@ -20,7 +20,7 @@ from aios.kernel.identity import IdentitySyscall
 from aios.kernel.memory import MemoryRequest, MemorySyscall
 from aios.kernel.storage import StorageRequest, StorageSyscall
 from aios.kernel.syscall import SyscallRejected, ToolCall
-from aios.kernel.tools import ToolRequest, ToolSyscall, tool_result_message
+from aios.kernel.tools import ToolSyscall, tool_result_message
 from aios.sdk.runtime import current
 
 
@@ -36,7 +36,7 @@ def _storage(timeout: float | None = None, **req: Any) -> Any:
 
 def _tool(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(ToolSyscall(request=ToolRequest(**req)), timeout)
+    return ctx.call(ToolSyscall(request=req), timeout)
 
 
 def _access(timeout: float | None = None, **req: Any) -> Any:
