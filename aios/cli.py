@@ -7,6 +7,7 @@
     aios bench aios_eval                        runs benchmarks/bench_aios_eval.py
     aios metrics                                the metrics of the last `aios run` / `aios demo`
     aios sched ...                              the sched_ext toolchain (aios.sched_ext.cli) and agent
+    aios mcp [--transport stdio|http]           the sched_ext toolchain as an MCP server
 
 Errors users can fix (an unknown option, a model that is not there, an agent that failed) print
 one line starting with ``aios: error:`` and exit with status 2; the traceback is for ``--debug``.
@@ -470,6 +471,39 @@ def _add_sched_optimize(sched_sub: Any) -> None:
     add_optimize_subcommand(sched_sub)
 
 
+def _add_mcp(sub: Any) -> None:
+    """``aios mcp``: the sched_ext toolchain as an MCP server (heavy imports only when it runs)."""
+    p = sub.add_parser(
+        "mcp",
+        help="serve the sched_ext toolchain over MCP (stdio or streamable HTTP) to a coding agent",
+        description="An MCP server exposing the sched_ext toolchain: profile workloads, search and read the "
+        "policy repository, submit schedulers (every verifier stage), measure them against EEVDF, load and "
+        "unload verified ones (micro-VM; the host in --host-mode), status. Nothing is loaded that did not "
+        "pass every verifier stage in this server's run.",
+    )
+    p.add_argument("--transport", choices=("stdio", "http"), default="stdio", help="default: stdio")
+    p.add_argument("--bind", default="127.0.0.1", help="HTTP address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+    p.add_argument("--path", default="/mcp", help="HTTP endpoint path (default /mcp)")
+    p.add_argument("--repository", default=None, help="policy repository directory (default: in the cache)")
+    p.add_argument(
+        "--embedder", choices=("minilm", "hash"), default="minilm", help="repository search embeddings"
+    )
+    p.add_argument("--workdir", default=None, help="where submitted sources and objects go (default: temp)")
+    p.add_argument(
+        "--host-mode",
+        action="store_true",
+        help="allow loading verified schedulers on this host (needs root and a sched_ext kernel)",
+    )
+    p.set_defaults(func=_cmd_mcp)
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from aios.sched_ext.mcp_server import serve_from_args
+
+    return serve_from_args(args)
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="aios", description="An operating-system kernel for LLM agents.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -520,6 +554,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             sched_sub = sched.add_subparsers(dest="sched_command", metavar="SUBCOMMAND", parser_class=_Parser)
             add_subcommands(sched_sub)
             _add_sched_optimize(sched_sub)
+    _add_mcp(sub)
     for action in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
         for name, sp in action.choices.items():
             for act in sp._actions:
