@@ -235,7 +235,7 @@ def test_agent_dying_with_syscalls_in_flight(tiny_kernel, clean):
                 agent=ctx.agent,
                 request=LLMRequest(messages=[{"role": "user", "content": f"long story {j}"}], max_new_tokens=400),
             )
-            submitted.append(ctx.kernel.submit(sc))
+            submitted.append(ctx.kernel.submit(sc, ctx.credential))
         # die only once the engine has scheduled all three (they hold rows or snapshots)
         assert wait_until(lambda: all(sc.scheduled_at is not None for sc in submitted))
         holding.set()
@@ -243,7 +243,8 @@ def test_agent_dying_with_syscalls_in_flight(tiny_kernel, clean):
 
     def survivor(_):
         holding.wait(120)
-        return aios.current().kernel.submit(call(0, "greedy")).wait(120)
+        ctx = aios.current()
+        return ctx.kernel.submit(call(0, "greedy"), ctx.credential).wait(120)
 
     runs = aios.run_agents(k, [aios.AgentSpec("doomed", doomed), aios.AgentSpec("agent0", survivor)])
     assert not runs[0].ok and "agent crashed" in runs[0].error
