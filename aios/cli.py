@@ -29,7 +29,7 @@ from typing import Any
 
 from aios.cache import cache_root
 
-SCHEDULERS = ("fifo", "rr", "priority", "sjf")
+SCHEDULERS = ("fifo", "rr", "priority", "sjf", "las")
 DEMO_AGENTS = ("math", "narrative", "recommendation", "travel")
 
 

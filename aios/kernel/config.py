@@ -26,9 +26,14 @@ class KernelConfig(BaseModel):
     )
     device: str = "auto"
     dtype: str = "float32"
-    scheduler: Literal["fifo", "rr", "priority", "sjf"] = "rr"
-    quantum: int = Field(8, ge=1, description="round-robin time slice, in generated tokens")
+    scheduler: Literal["fifo", "rr", "priority", "sjf", "las"] = "rr"
+    quantum: int = Field(
+        8, ge=1, description="round-robin time slice, in generated tokens; las: the service of its first level"
+    )
     aging: float = Field(1.0, ge=0.0, description="priority policy: priority points gained per second waited")
+    max_wait: float = Field(
+        30.0, gt=0.0, description="las policy: a call that waited this many seconds runs ahead of the rest"
+    )
     max_batch_size: int = Field(8, ge=1, description="rows (beams count) in one decode step")
     max_batch_tokens: int = Field(4096, ge=16, description="tokens (prefill + decode) in one step")
     batch_invariant: bool = Field(

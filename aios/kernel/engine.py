@@ -109,7 +109,9 @@ class LLMEngine:
         mcfg = model.config
         self.window = int(context_window or getattr(mcfg, "max_position_embeddings", 2048))
         self.runner = ModelRunner(model, self.config.max_batch_size, self.config.batch_invariant, max_len=self.window)
-        self.policy = make_policy(self.config.scheduler, self.config.quantum, self.config.aging)
+        self.policy = make_policy(
+            self.config.scheduler, self.config.quantum, self.config.aging, self.config.max_wait
+        )
         self.scheduler = Scheduler(self.policy, self.config.max_batch_size, self.config.max_batch_tokens)
         self.ctx = ContextManager(self.config.kv_memory_budget_mb, self.config.spill_dir, device=self.runner.device)
         self.eos_ids = self._eos_ids()
@@ -365,6 +367,7 @@ class LLMEngine:
         seq.syscall.mark_running()
         logits = self.runner.prefill(seq.slots[0], seq.prompt_ids)
         seq.kv_len = len(seq.prompt_ids)
+        seq.prefill_computed = len(seq.prompt_ids)
         seq.output_ids, seq.beam_scores = [[]], [0.0]
         seq.choice_nodes = [seq.choice_trie] if seq.choice_trie is not None else []
         self._stats.prefill_tokens += len(seq.prompt_ids)

@@ -133,7 +133,9 @@ class RemoteLLMCore:
             headers=headers,
             limits=httpx.Limits(max_connections=max(4, 2 * config.max_batch_size)),
         )
-        self.policy = make_policy(config.scheduler, config.quantum, getattr(config, "aging", 1.0))
+        self.policy = make_policy(
+            config.scheduler, config.quantum, getattr(config, "aging", 1.0), getattr(config, "max_wait", 30.0)
+        )
         # The server owns its own batching and memory: only the row limit applies here.
         self.scheduler = Scheduler(self.policy, max_rows=config.max_batch_size, max_tokens=1 << 30)
         self._inbox: queue.SimpleQueue[LLMSyscall] = queue.SimpleQueue()

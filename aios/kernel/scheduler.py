@@ -27,6 +27,18 @@ Policies
   far (an EMA over all agents): the budget is the caller's own statement about the request, so new
   agents are still ordered by it, and the fraction calibrates it. With no history at all, the
   budget itself; always capped at ``max_new_tokens``.
+- ``LeastAttainedService(quantum, max_wait)`` (``las``): program-level scheduling after Autellix. An
+  agent is a chain of calls, so a call is ranked by what its *task* has consumed so far over all
+  its calls (prefill tokens computed, weighted, plus decode tokens), not by anything about the call
+  itself: no length hints needed. A task is ``(agent, request.task_id)``; the SDK fills ``task_id``
+  with the agent's run, and an agent may name its own groups (``aios.chat(..., task_id="plan")``).
+  The key is agent-scoped, so no agent can charge or credit another's task. Service is bucketed
+  into levels that double (level 0 below ``quantum`` tokens, then ``[q, 2q)``, ``[2q, 4q)`` ...;
+  FIFO by arrival within a level), the multilevel-queue form of least attained service: a task
+  that has received little service (a short agent, or one just starting) goes ahead of one that
+  has received a lot, and a running call is preempted only when it crosses into a level above a
+  waiting call's, so two tasks do not swap on every token. Starvation: a call that has waited
+  ``max_wait`` seconds in total runs ahead of every call that has not (oldest first).
 
 Ties break by arrival, so every policy is deterministic for a given arrival order.
 """
@@ -34,6 +46,7 @@ Ties break by arrival, so every policy is deterministic for a given arrival orde
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from aios.kernel.sequence import SeqStatus, Sequence
@@ -55,6 +68,9 @@ class Policy:
 
     def observe(self, seq: Sequence) -> None:
         """Called when a request finishes (predictors learn here)."""
+
+    def on_remove(self, seq: Sequence) -> None:
+        """Called when a request leaves the engine, finished or failed."""
 
 
 class FIFO(Policy):
@@ -144,7 +160,63 @@ class SJF(Policy):
             self.predictor.observe(seq.agent, seq.tokens_generated, seq.max_new_tokens)
 
 
-def make_policy(name: str, quantum: int = 8, aging: float = 1.0) -> Policy:
+class LeastAttainedService(Policy):
+    """Program-level least attained service with doubling levels and a max-wait bound (module docstring)."""
+
+    name = "las"
+    preemptive = True
+
+    def __init__(
+        self, quantum: int = 8, max_wait: float = 30.0, prefill_weight: float = 0.125, max_tasks: int = 65536
+    ):
+        if quantum < 1:
+            raise ValueError("quantum must be >= 1 token")
+        self.quantum = quantum
+        self.max_wait = max_wait
+        # a prefilled token is computed with many others in one forward: on this CPU it costs about
+        # 1/8 of a decode row (measured: ~650 prefill tokens/s against ~80 decode rows/s at 8 rows)
+        self.prefill_weight = prefill_weight
+        self.max_tasks = max_tasks
+        self.attained: OrderedDict[tuple[str, str], float] = OrderedDict()  # finished calls' service per task
+        self.live: dict[tuple[str, str], set[Sequence]] = {}
+
+    @staticmethod
+    def task(seq: Sequence) -> tuple[str, str]:
+        return (seq.agent, seq.request.task_id or "")
+
+    def call_service(self, seq: Sequence) -> float:
+        return seq.prefill_computed * self.prefill_weight + seq.tokens_generated * seq.num_rows
+
+    def service(self, task: tuple[str, str]) -> float:
+        """What the task has received: its finished calls plus its calls in flight."""
+        return self.attained.get(task, 0.0) + sum(self.call_service(s) for s in self.live.get(task, ()))
+
+    def level(self, service: float) -> int:
+        return int(service // self.quantum).bit_length()
+
+    def on_add(self, seq: Sequence) -> None:
+        self.live.setdefault(self.task(seq), set()).add(seq)
+
+    def on_remove(self, seq: Sequence) -> None:
+        task = self.task(seq)
+        live = self.live.get(task)
+        if live is None or seq not in live:
+            return
+        live.discard(seq)
+        if not live:
+            del self.live[task]
+        self.attained[task] = self.attained.get(task, 0.0) + self.call_service(seq)
+        self.attained.move_to_end(task)
+        while len(self.attained) > self.max_tasks:  # forget the longest-idle tasks (bounded memory)
+            self.attained.popitem(last=False)
+
+    def key(self, seq: Sequence, now: float) -> tuple:
+        waited = seq.waited + (now - seq.ready_since if seq.status is not SeqStatus.RUNNING else 0.0)
+        starving = waited >= self.max_wait
+        return (0 if starving else 1, self.level(self.service(self.task(seq))), seq.arrival, seq.seq_id)
+
+
+def make_policy(name: str, quantum: int = 8, aging: float = 1.0, max_wait: float = 30.0) -> Policy:
     if name == "fifo":
         return FIFO()
     if name == "rr":
@@ -153,6 +225,8 @@ def make_policy(name: str, quantum: int = 8, aging: float = 1.0) -> Policy:
         return Priority(aging)
     if name == "sjf":
         return SJF()
+    if name == "las":
+        return LeastAttainedService(quantum, max_wait)
     raise ValueError(f"unknown scheduling policy {name!r}")
 
 
@@ -190,6 +264,7 @@ class Scheduler:
             self.running.remove(seq)
         if seq in self.ready:
             self.ready.remove(seq)
+        self.policy.on_remove(seq)
 
     def finished(self, seq: Sequence) -> None:
         self.remove(seq)

@@ -69,6 +69,7 @@ class Sequence:
     quantum_used: int = 0  # tokens generated since it last got the CPU
     preemptions: int = 0
     predicted_tokens: int = 0  # SJF estimate of the completion length
+    prefill_computed: int = 0  # prompt tokens whose KV this request's prefill computed (not reused)
 
     finish_reason: str | None = None
     context_actions: list[str] = field(default_factory=list)

@@ -221,6 +221,8 @@ class LLMRequest(BaseModel):
     ``expected_tokens``: the caller's estimate of the answer's length, used by shortest-job-first.
     ``choices``: constrain the answer to exactly one of these strings (constrained decoding).
     ``retrieve_k``: ask the kernel to put the agent's k most relevant stored items in the context.
+    ``task_id``: the task this call belongs to; program-level scheduling (``las``) ranks a call by
+    what all calls of the same agent and task consumed so far. The SDK fills in the agent's run.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -239,6 +241,7 @@ class LLMRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     choices: list[str] | None = Field(None, min_length=1)
     retrieve_k: int = Field(0, ge=0, le=50)
+    task_id: str | None = Field(None, min_length=1, max_length=128)
 
     @model_validator(mode="after")
     def _check(self) -> LLMRequest:

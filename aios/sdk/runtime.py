@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,8 +29,11 @@ from aios.kernel.syscall import LLMRequest, LLMResponse, LLMSyscall, Message, Sy
 
 @dataclass(frozen=True)
 class AgentContext:
+    """Which kernel, which agent; ``run`` names this run of the agent (its calls' default task)."""
+
     kernel: Kernel
     credential: Credential
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
     def agent(self) -> str:
@@ -109,8 +113,12 @@ def chat(messages: str | list[Message] | list[dict], *, timeout: float | None = 
     """Ask the LLM core. ``request`` takes any ``LLMRequest`` field (max_new_tokens, temperature...).
 
     Invalid fields raise pydantic's ``ValidationError`` here, before anything reaches the kernel.
+    ``task_id`` defaults to this run of the agent: program-level scheduling counts the service of
+    all the run's calls together; pass your own to group calls differently.
     """
     ctx = current()
+    if request.get("task_id") is None:
+        request["task_id"] = ctx.run
     sc = LLMSyscall(request=LLMRequest(messages=_as_messages(messages), **request))
     resp: LLMResponse = ctx.call(sc, timeout)
     return ChatResult(
