@@ -4,6 +4,9 @@
     kernel = aios.Kernel(scheduler="rr", quantum=8)
     with aios.agent_context(kernel, "me"):
         print(aios.chat("Hello!").text)
+
+    conn = aios.connect("http://127.0.0.1:8000", token)   # a kernel served by `aios serve`
+    print(conn.chat("Hello!").text)
 """
 
 from aios import sdk
@@ -21,10 +24,12 @@ from aios.kernel.syscall import (
     ToolCall,
 )
 from aios.sdk import *  # noqa: F403 - everything agent code calls, listed once in aios.sdk.__all__
+from aios.service.client import Connection, connect
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Connection",
     "Kernel",
     "KernelConfig",
     "LLMRequest",
@@ -37,5 +42,6 @@ __all__ = [
     "SyscallRejected",
     "SyscallStatus",
     "ToolCall",
+    "connect",
     *sdk.__all__,
 ]

@@ -6,6 +6,8 @@
     aios list models|tools|agents
     aios bench aios_eval                        runs benchmarks/bench_aios_eval.py
     aios metrics                                the metrics of the last `aios run` / `aios demo`
+    aios serve --data-dir DIR                   one kernel for agents in other processes (aios.service.cli)
+    aios agent add|list|revoke NAME --data-dir DIR   agents and their tokens
     aios sched ...                              the sched_ext toolchain (aios.sched_ext.cli) and agent
     aios mcp [--transport stdio|http]           the sched_ext toolchain as an MCP server
 
@@ -541,6 +543,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_metrics)
+
+    from aios.service.cli import add_subcommands as add_service_commands
+
+    add_service_commands(sub)  # serve, agent
 
     sched = sub.add_parser("sched", help="sched_ext: the LLM scheduler agent for the Linux CPU scheduler")
     sched.set_defaults(func=None, sched_parser=sched)

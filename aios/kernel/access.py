@@ -320,6 +320,13 @@ class AccessManager:
                 (time.time(), agent, action, resource, operation, outcome, detail, syscall_id),
             )
 
+    def record(
+        self, agent: str, action: str, resource: str, operation: str, outcome: str, detail: str = ""
+    ) -> None:
+        """Append an event to the audit log from outside the managers (the service records every
+        request it refuses here, and clients that leave mid-stream)."""
+        self._audit(agent, action, resource, operation, outcome, detail)
+
     def audit_log(
         self,
         *,

@@ -444,6 +444,7 @@ class LLMEngine:
         tok = self._sample(seq, self._constrain(seq, 0, logits[0]))
         ids = seq.output_ids[0]
         ids.append(tok)
+        seq.syscall.emit_token(tok)
         reason = None
         if seq.choice_trie is not None:
             node = seq.choice_nodes[0]

@@ -268,11 +268,36 @@ class IdentityRegistry:
             self._audit("?", "authenticate", "token:missing", "auth", "denied", "no token")
             raise AuthenticationFailed("no token")
         digest = hash_token(token)
+        self._sync(digest)
         name = self._by_hash.get(digest)
         if name is None or self.revoked(name):
             self._audit("?", "authenticate", f"token:{digest[:8]}", "auth", "denied", "unknown or revoked token")
             raise AuthenticationFailed("unknown or revoked token")
         return self.issue(name)
+
+    def _sync(self, digest: str) -> None:
+        """Bring the cached rows that ``digest`` touches up to date with the database.
+
+        Why: another process may change them under a running kernel (``aios agent add|revoke``
+        next to ``aios serve``); a token is judged by what is on disk at the moment it is used."""
+        with self._lock:
+            if self._closed:
+                return
+            hit = self._db.execute("SELECT name FROM agents WHERE token_hash = ?", (digest,)).fetchone()
+            for name in {hit["name"] if hit else None, self._by_hash.get(digest)} - {None}:
+                row = self._db.execute("SELECT * FROM agents WHERE name = ?", (name,)).fetchone()
+                old = self._rows.get(name)
+                if row is None or dict(row) == old:
+                    continue
+                row = dict(row)
+                if old is not None:
+                    if old["token_hash"]:
+                        self._by_hash.pop(old["token_hash"], None)
+                    if old["token_hash"] != row["token_hash"] or row["revoked"]:
+                        self._epoch[name] = self._epoch.get(name, 0) + 1  # credentials issued before die
+                self._rows[name] = row
+                if row["token_hash"] and not row["revoked"]:
+                    self._by_hash[row["token_hash"]] = name
 
     def verify(self, credential: Any) -> str | None:
         """Why ``credential`` is not acceptable now (None when it is)."""

@@ -135,11 +135,30 @@ class Syscall(BaseModel):
         self._finish(SyscallStatus.FAILED, error=SyscallError(type="Cancelled", message=reason))
         return self.error is not None and self.error.type == "Cancelled"
 
-    def _finish(self, status: SyscallStatus, result: Any = None, error: SyscallError | None = None) -> None:
+    def finish_as(self, finished: Syscall) -> None:
+        """Finish this object as ``finished`` did: same id, agent, times and outcome.
+
+        Why: the remote SDK builds a syscall locally, the kernel runs a copy in another process and
+        sends it back finished; adopting the kernel's timestamps keeps waiting and turnaround times
+        what the kernel measured, exactly as for an in-process call.
+        """
+        if finished.status not in (SyscallStatus.DONE, SyscallStatus.FAILED):
+            raise ValueError(f"syscall {finished.id} has not finished ({finished.status.value})")
+        self.id, self.agent, self.created_at = finished.id, finished.agent, finished.created_at
+        self.scheduled_at = finished.scheduled_at
+        self._finish(finished.status, finished.result, finished.error, at=finished.finished_at)
+
+    def _finish(
+        self,
+        status: SyscallStatus,
+        result: Any = None,
+        error: SyscallError | None = None,
+        at: float | None = None,
+    ) -> None:
         with self._lock:
             if self._done.is_set():
                 return
-            now = time.time()
+            now = time.time() if at is None else at
             if self.scheduled_at is None:
                 self.scheduled_at = now
             self.finished_at = now
@@ -272,6 +291,21 @@ class LLMSyscall(Syscall):
     kind: ClassVar[str] = "llm"
     request: LLMRequest
     result: LLMResponse | None = None
+
+    _token_listeners: list = PrivateAttr(default_factory=list)
+
+    def on_token(self, listener) -> None:
+        """Call ``listener(token_id)`` for each token the engine samples (streaming).
+
+        Register before submitting. Listeners run on the engine's thread: they must only hand the
+        id over (to a queue), never block. Beam search and remote cores emit no tokens; a
+        streaming reader then gets the whole text when the syscall finishes.
+        """
+        self._token_listeners.append(listener)
+
+    def emit_token(self, token_id: int) -> None:
+        for listener in self._token_listeners:
+            listener(token_id)
 
     def metrics(self) -> dict[str, Any]:
         m = super().metrics()

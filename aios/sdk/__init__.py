@@ -12,11 +12,14 @@ from aios.sdk.runtime import (
     AgentRun,
     AgentSpec,
     ChatResult,
+    ChatStream,
     agent_context,
     chat,
+    chat_stream,
     current,
     run_agent,
     run_agents,
+    use_context,
 )
 
 __all__ = [
@@ -25,11 +28,14 @@ __all__ = [
     "AgentRun",
     "AgentSpec",
     "ChatResult",
+    "ChatStream",
     "agent_context",
     "chat",
+    "chat_stream",
     "current",
     "run_agent",
     "run_agents",
     "run_all",
+    "use_context",
     *calls.__all__,
 ]

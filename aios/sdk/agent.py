@@ -6,7 +6,17 @@ from typing import Any, ClassVar
 
 from aios.kernel.kernel import Kernel
 from aios.sdk import calls
-from aios.sdk.runtime import AgentRun, AgentSpec, ChatResult, chat, current, run_agent, run_agents
+from aios.sdk.runtime import (
+    AgentRun,
+    AgentSpec,
+    ChatResult,
+    ChatStream,
+    chat,
+    chat_stream,
+    current,
+    run_agent,
+    run_agents,
+)
 
 
 class Agent:
@@ -31,6 +41,9 @@ class Agent:
 
     def chat(self, messages, **request: Any) -> ChatResult:
         return chat(messages, **request)
+
+    def chat_stream(self, messages, **request: Any) -> ChatStream:
+        return chat_stream(messages, **request)
 
     # memory, storage, files, tools and access: the functions of ``aios.sdk.calls``, as methods
     memory_add = staticmethod(calls.memory_add)

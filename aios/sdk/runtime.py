@@ -11,6 +11,7 @@ sees its own and several kernels can serve agents in one process).
 from __future__ import annotations
 
 import contextvars
+import queue
 import time
 import traceback
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from aios.kernel.detokenize import Detokenizer
 from aios.kernel.identity import Credential, act_as, acting, stop_acting
 from aios.kernel.kernel import Kernel
 from aios.kernel.syscall import LLMRequest, LLMResponse, LLMSyscall, Message, Syscall
@@ -48,6 +50,31 @@ class AgentContext:
         """Submit a syscall and wait for its result (raises ``SyscallFailed`` on a typed error)."""
         return self.kernel.submit(syscall, self.credential).wait(timeout)
 
+    def stream(self, syscall: LLMSyscall, timeout: float | None = None) -> Iterator[str]:
+        """Submit an LLM syscall now; iterate the text deltas as the engine samples tokens."""
+        tokens: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        syscall.on_token(tokens.put)
+        syscall.add_done_callback(lambda _: tokens.put(None))
+        detok = Detokenizer(getattr(self.kernel.llm, "tokenizer", None), syscall.request.stop)
+        self.kernel.submit(syscall, self.credential)
+        return _deltas(tokens, detok, syscall, timeout)
+
+
+def _deltas(tokens: queue.SimpleQueue, detok: Detokenizer, sc: LLMSyscall, timeout: float | None) -> Iterator[str]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            tok = tokens.get(timeout=left)
+        except queue.Empty:
+            raise TimeoutError(f"llm syscall {sc.id} not finished after {timeout}s") from None
+        if tok is None:
+            break
+        if text := detok.push(tok):
+            yield text
+    if sc.result is not None and (rest := detok.finish(sc.result.text)):
+        yield rest
+
 
 _current: contextvars.ContextVar[AgentContext | None] = contextvars.ContextVar("aios_agent", default=None)
 
@@ -57,6 +84,17 @@ def current() -> AgentContext:
     if ctx is None:
         raise RuntimeError("no aios agent is running here: use `with aios.agent_context(kernel, name):` or Agent.run")
     return ctx
+
+
+@contextmanager
+def use_context(ctx: Any) -> Iterator[Any]:
+    """Make ``ctx`` the acting agent context inside the block: anything with ``agent``, ``group``,
+    ``run``, ``call(syscall, timeout)`` and ``stream(syscall, timeout)`` (the remote SDK's)."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
 
 
 @contextmanager
@@ -120,7 +158,12 @@ def chat(messages: str | list[Message] | list[dict], *, timeout: float | None = 
     if request.get("task_id") is None:
         request["task_id"] = ctx.run
     sc = LLMSyscall(request=LLMRequest(messages=_as_messages(messages), **request))
-    resp: LLMResponse = ctx.call(sc, timeout)
+    ctx.call(sc, timeout)
+    return _chat_result(sc)
+
+
+def _chat_result(sc: LLMSyscall) -> ChatResult:
+    resp: LLMResponse = sc.wait(0)
     return ChatResult(
         text=resp.text,
         response=resp,
@@ -128,6 +171,38 @@ def chat(messages: str | list[Message] | list[dict], *, timeout: float | None = 
         waiting_time=sc.waiting_time or 0.0,
         turnaround_time=sc.turnaround_time or 0.0,
     )
+
+
+class ChatStream:
+    """A chat answer as it is generated: iterate for text deltas; ``result`` is the ``ChatResult``.
+
+    The deltas concatenated are the answer's text (see ``aios.kernel.detokenize``). Reading
+    ``result`` first consumes whatever was not iterated yet.
+    """
+
+    def __init__(self, syscall: LLMSyscall, deltas: Iterator[str]):
+        self.syscall = syscall
+        self._deltas = deltas
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._deltas
+
+    @property
+    def result(self) -> ChatResult:
+        for _ in self._deltas:
+            pass
+        return _chat_result(self.syscall)
+
+
+def chat_stream(
+    messages: str | list[Message] | list[dict], *, timeout: float | None = None, **request: Any
+) -> ChatStream:
+    """Like ``chat``, but the text arrives token by token: ``for delta in aios.chat_stream(...)``."""
+    ctx = current()
+    if request.get("task_id") is None:
+        request["task_id"] = ctx.run
+    sc = LLMSyscall(request=LLMRequest(messages=_as_messages(messages), **request))
+    return ChatStream(sc, ctx.stream(sc, timeout))
 
 
 class AgentRun(BaseModel):
