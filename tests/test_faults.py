@@ -90,17 +90,17 @@ def test_decode_fault_in_one_request_fails_only_it(make_engine, clean):
     eng = make_engine(scheduler="rr", quantum=2, max_batch_size=8)
     calls = start(eng, rows=5)
     victim = calls[3]
-    real = eng.runner.decode
+    real = eng.runner.run
     raised = []
 
-    def faulty(rows):
+    def faulty(chunks):
         s = seq_of(eng, victim)
-        if s is not None and s.tokens_generated >= 3 and {r[0] for r in rows} & set(s.slots):
-            raised.append(len(rows))
+        if s is not None and s.tokens_generated >= 3 and {c.slot for c in chunks} & set(s.slots):
+            raised.append(len(chunks))
             raise RuntimeError("injected: this request's input breaks the forward")
-        return real(rows)
+        return real(chunks)
 
-    eng.runner.decode = faulty
+    eng.runner.run = faulty
     eng.run_until_idle()
     assert raised and max(raised) > 1  # it hit a batched forward with others in it
     assert victim.status is SyscallStatus.FAILED and victim.error.type == "EngineError"
@@ -115,17 +115,17 @@ def test_decode_fault_in_one_request_fails_only_it(make_engine, clean):
 def test_transient_decode_fault_fails_nobody(make_engine, clean):
     eng = make_engine(scheduler="rr", quantum=3, max_batch_size=8)
     calls = start(eng)
-    real = eng.runner.decode
+    real = eng.runner.run
     n = [0]
 
-    def flaky(rows):
-        if len(rows) >= 4:  # batched forwards (a retry runs one request's 1-2 rows)
+    def flaky(chunks):
+        if len(chunks) >= 4:  # batched forwards (a retry runs one request's 1-2 rows)
             n[0] += 1
             if n[0] in (3, 7):  # two of them fail, once each
                 raise RuntimeError("injected transient failure")
-        return real(rows)
+        return real(chunks)
 
-    eng.runner.decode = flaky
+    eng.runner.run = flaky
     eng.run_until_idle()
     assert n[0] > 7
     for i, c in enumerate(calls):

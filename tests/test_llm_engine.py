@@ -16,11 +16,6 @@ def call(agent="a", content="hello there", n=10, **kw) -> LLMSyscall:
     return LLMSyscall(agent=agent, request=LLMRequest(messages=[{"role": "user", "content": content}], max_new_tokens=n, **kw))
 
 
-def submit(kernel, sc: LLMSyscall) -> LLMSyscall:
-    """Submit for the agent the syscall names, on the kernel owner's authority."""
-    return kernel.submit(sc, kernel.credential_for(sc.agent, by=kernel.owner))
-
-
 def run(engine, *calls):
     for c in calls:
         engine.add(c)
@@ -227,29 +222,29 @@ def test_retrieval_hook(make_engine):
 def test_bad_requests_rejected_kernel_keeps_serving(tiny_kernel, bad):
     with pytest.raises(ValidationError):
         LLMSyscall(agent="a", request=LLMRequest(**bad))
-    out = submit(tiny_kernel, call(n=4)).wait(60)
+    out = tiny_kernel.syscall(call(n=4), timeout=60)
     assert out.completion_tokens == 4
 
 
 def test_engine_rejects_what_it_cannot_serve(tiny_kernel):
-    too_wide = submit(tiny_kernel, call(n=4, num_beams=16))
+    too_wide = tiny_kernel.submit(call(n=4, num_beams=16))
     with pytest.raises(SyscallFailed, match="num_beams"):
         too_wide.wait(30)
-    assert submit(tiny_kernel, call(n=4)).wait(60).completion_tokens == 4
+    assert tiny_kernel.syscall(call(n=4), timeout=60).completion_tokens == 4
 
 
 def test_crash_in_one_request_fails_only_it(make_engine, monkeypatch):
     eng = make_engine(scheduler="rr", quantum=2)
     runner = eng.runner
-    real_prefill = runner.prefill
+    real_run = runner.run
     poison = eng.render([{"role": "user", "content": "poison"}])
 
-    def prefill(slot, ids, start=0):
-        if ids == poison:
+    def run_chunks(chunks):
+        if any(c.ids == poison for c in chunks):
             raise RuntimeError("boom")
-        return real_prefill(slot, ids, start)
+        return real_run(chunks)
 
-    monkeypatch.setattr(runner, "prefill", prefill)
+    monkeypatch.setattr(runner, "run", run_chunks)
     good = [call(f"g{i}", n=8) for i in range(3)]
     bad = call("bad", content="poison")
     run(eng, good[0], bad, *good[1:])
@@ -258,26 +253,44 @@ def test_crash_in_one_request_fails_only_it(make_engine, monkeypatch):
     assert sorted(eng.runner.free_slots) == list(range(8))  # nothing leaked
 
 
-def test_crash_in_batched_decode_fails_that_batch_then_recovers(make_engine, monkeypatch):
+def test_crash_in_batched_forward_is_retried_per_sequence_exactly(make_engine, monkeypatch):
+    """A forward that fails once (e.g. a transient allocation failure) is re-run per sequence: nobody
+    fails, and, rows being batch-invariant, everyone's tokens equal an undisturbed run's."""
+    calm = make_engine()
+    expected = [c.result.token_ids for c in run(calm, *[call(f"a{i}", n=8) for i in range(3)])]
     eng = make_engine()
-    real = eng.runner.decode
-    state = {"n": 0, "broken": True}
+    real = eng.runner.run
+    state = {"n": 0}
 
-    def decode(rows):
+    def flaky(chunks):
         state["n"] += 1
-        if state["n"] >= 3 and state["broken"]:  # broken from the 3rd forward on, retries included
+        if state["n"] == 3:
             raise RuntimeError("decode exploded")
-        return real(rows)
+        return real(chunks)
 
-    monkeypatch.setattr(eng.runner, "decode", decode)
+    monkeypatch.setattr(eng.runner, "run", flaky)
+    calls = run(eng, *[call(f"a{i}", n=8) for i in range(3)])
+    assert state["n"] > 3 + 3  # the failed forward was followed by one forward per sequence
+    assert [c.result.token_ids for c in calls] == expected
+
+
+def test_decode_that_always_fails_fails_its_requests_then_recovers(make_engine, monkeypatch):
+    eng = make_engine()
+    real = eng.runner.run
+
+    def broken(chunks):
+        if all(len(c.ids) == 1 for c in chunks):
+            raise RuntimeError("decode exploded")
+        return real(chunks)
+
+    monkeypatch.setattr(eng.runner, "run", broken)
     first = [call(f"a{i}", n=8) for i in range(2)]
     run(eng, *first)
-    # each request was retried on its own (a transient fault would have passed: tests/test_faults.py)
     assert all(c.status.value == "failed" and "decode exploded" in c.error.message for c in first)
-    assert sorted(eng.runner.free_slots) == list(range(8))
-    state["broken"] = False
+    monkeypatch.setattr(eng.runner, "run", real)
     later = run(eng, call("b", n=8))[0]
     assert later.status.value == "done"
+    assert sorted(eng.runner.free_slots) == list(range(8))
 
 
 def test_agent_raising_mid_run_leaves_others_unaffected(tiny_kernel):
@@ -285,10 +298,10 @@ def test_agent_raising_mid_run_leaves_others_unaffected(tiny_kernel):
 
     def agent(name: str, explode: bool) -> None:
         try:
-            r1 = submit(tiny_kernel, call(name, f"{name} first", n=6)).wait(120)
+            r1 = tiny_kernel.syscall(call(name, f"{name} first", n=6), timeout=120)
             if explode:
                 raise RuntimeError("agent bug")
-            r2 = submit(tiny_kernel, call(name, f"{name} second", n=6)).wait(120)
+            r2 = tiny_kernel.syscall(call(name, f"{name} second", n=6), timeout=120)
             results[name] = (r1.completion_tokens, r2.completion_tokens)
         except RuntimeError as exc:
             results[name] = exc
@@ -309,7 +322,7 @@ def test_agent_raising_mid_run_leaves_others_unaffected(tiny_kernel):
 async def _chat_async(kernel, n):
     import asyncio
 
-    calls = [submit(kernel, call(f"async{i}", n=5)) for i in range(n)]
+    calls = [kernel.submit(call(f"async{i}", n=5)) for i in range(n)]
     return await asyncio.gather(*(c.wait_async() for c in calls))
 
 
@@ -330,7 +343,7 @@ def test_two_kernels_in_one_process(tiny_lm):
     with Kernel(scheduler="fifo", llm=LLMEngine(model, tok, scheduler="fifo")) as k1, Kernel(
         scheduler="rr", llm=LLMEngine(model, tok, scheduler="rr", quantum=1)
     ) as k2:
-        a = submit(k1, call("x", n=6))
-        b = submit(k2, call("x", n=6))
+        a = k1.submit(call("x", n=6))
+        b = k2.submit(call("x", n=6))
         assert a.wait(60).token_ids == b.wait(60).token_ids
         assert len(k1.history()) == len(k2.history()) == 1

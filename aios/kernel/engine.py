@@ -4,18 +4,22 @@ One engine owns one model. ``add`` (any thread) validates and renders a request 
 inbox; ``step`` (the kernel's LLM thread only) does one scheduling round:
 
 1. move new requests from the inbox to the scheduler's ready queue;
-2. ask the scheduler for a plan: suspend (KV -> context manager), resume (KV -> free slots; no
-   prefix recompute), admit (prefill, one sequence at a time at its own length, which yields
-   its first token);
-3. one batched decode forward for every row that was already running (beams are rows);
-4. sample/advance each sequence, finish those that are done (``syscall.complete``).
+2. ask the scheduler for a plan and apply its switches: suspend (KV -> context manager), resume
+   (KV -> free slots; no prefix recompute);
+3. one forward for the step: the admitted prompts (prefill) and one token per running beam
+   (decode) together (``model_runner``);
+4. sample/advance each sequence (``sampler``), finish those that are done (``prompts.response``,
+   ``syscall.complete``).
 
-Why it is exact: see ``model_runner`` (fixed batch shape, per-row attention) and ``context``
-(snapshot carries KV, sampler and beam state). A request's tokens depend only on itself, never on
-which other requests shared its steps or how often it was suspended.
+Why it is exact: see ``model_runner``, ``attention`` and ``batch_invariance`` (a row's numbers do
+not depend on how many rows share the forward) and ``context`` (a snapshot carries KV, sampler and
+beam state). A request's tokens depend only on itself, never on which other requests shared its
+steps or how often it was suspended.
 
 Failures are contained: an exception while serving one sequence fails that syscall with a typed
-error; a failing batched forward fails the sequences in that forward; the engine keeps serving.
+error; if a step's forward fails, each of its sequences is retried in a forward of its own (the
+same numbers, by the invariance above) and only those that fail again are failed. The engine keeps
+serving.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,28 +36,16 @@ import torch
 
 from aios.kernel.config import KernelConfig
 from aios.kernel.context import ContextManager, ContextTooLong, SnapshotLost, fit_prompt
-from aios.kernel.faults import decode_isolated, require_finite
-from aios.kernel.model_runner import ModelRunner
+from aios.kernel.faults import require_finite, run_isolated
+from aios.kernel.model_runner import Chunk, ModelRunner
+from aios.kernel.prompts import Prompts, Retriever, eos_ids, message_dicts
 from aios.kernel.recompute import recompute_kv
-from aios.kernel.scheduler import Scheduler, make_policy
+from aios.kernel.sampler import Sampler
+from aios.kernel.scheduler import Plan, Scheduler, make_policy
 from aios.kernel.sequence import SeqStatus, Sequence
-from aios.kernel.syscall import LLMRequest, LLMResponse, LLMSyscall
-from aios.kernel.tool_calls import (
-    ToolCallError,
-    parse_tool_calls,
-    template_supports_tools,
-    tools_system_message,
-)
+from aios.kernel.syscall import LLMSyscall
 
 log = logging.getLogger("aios.engine")
-
-Retriever = Callable[[str, str, int], list[str]]  # (agent, query, k) -> items
-_END = -1  # key marking a complete choice in the choices trie
-
-SUMMARY_PROMPT = (
-    "Summarize the following earlier part of a conversation in a few sentences. "
-    "Keep names, numbers, facts and decisions; write only the summary."
-)
 
 
 class EngineError(RuntimeError):
@@ -70,13 +61,22 @@ class EngineStats:
     prefill_tokens: int = 0
     generated_tokens: int = 0
     busy_s: float = 0.0
-    decode_s: float = 0.0
-    prefill_s: float = 0.0
+    decode_s: float = 0.0  # forwards with decode rows only
+    prefill_s: float = 0.0  # forwards that include prompt tokens
     snapshot_s: float = 0.0
     restore_s: float = 0.0
     completed: int = 0
     failed: int = 0
     preemptions: int = 0
+
+
+@dataclass
+class Work:
+    """One sequence's part of a step's forward: its chunks (a prompt, or one token per beam)."""
+
+    seq: Sequence
+    chunks: list[Chunk]
+    prefill: bool
 
 
 class LLMEngine:
@@ -106,16 +106,14 @@ class LLMEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.retriever = retriever
-        mcfg = model.config
-        self.window = int(context_window or getattr(mcfg, "max_position_embeddings", 2048))
+        self.window = int(context_window or getattr(model.config, "max_position_embeddings", 2048))
         self.runner = ModelRunner(model, self.config.max_batch_size, self.config.batch_invariant, max_len=self.window)
-        self.policy = make_policy(
-            self.config.scheduler, self.config.quantum, self.config.aging, self.config.max_wait
-        )
+        self.policy = make_policy(self.config.scheduler, self.config.quantum, self.config.aging, self.config.max_wait)
         self.scheduler = Scheduler(self.policy, self.config.max_batch_size, self.config.max_batch_tokens)
         self.ctx = ContextManager(self.config.kv_memory_budget_mb, self.config.spill_dir, device=self.runner.device)
-        self.eos_ids = self._eos_ids()
-        self._tools_native = template_supports_tools(tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
+        self.prompts = Prompts(tokenizer, self.eos_ids, self.window)
+        self.sampler = Sampler(tokenizer, self.eos_ids, self.window, self.runner.cache.copy_slots)
         self._inbox: deque[Sequence] = deque()
         self._lock = threading.RLock()
         self._closed = False
@@ -124,58 +122,8 @@ class LLMEngine:
         # per step: agents holding rows (bounded; tests and debugging read the schedule from it)
         self.trace: deque[tuple[str, ...]] = deque(maxlen=trace_len)
 
-    # ------------------------------------------------------------------------------------------------
-    # set-up helpers
-    # ------------------------------------------------------------------------------------------------
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for src in (getattr(self.model, "generation_config", None), self.model.config, self.tokenizer):
-            eos = getattr(src, "eos_token_id", None)
-            if eos is None:
-                continue
-            ids.update(eos if isinstance(eos, list | tuple) else [eos])
-        return {int(i) for i in ids}
-
-    @staticmethod
-    def _message_dicts(request: LLMRequest) -> list[dict]:
-        out = []
-        for m in request.messages:
-            d: dict[str, Any] = {"role": m.role, "content": m.content}
-            if m.name:
-                d["name"] = m.name
-            if m.tool_calls:
-                d["tool_calls"] = [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in m.tool_calls
-                ]
-            if m.tool_call_id:
-                d["tool_call_id"] = m.tool_call_id
-            out.append(d)
-        return out
-
     def render(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """Token ids of a chat, rendered with the model's chat template (plus the generation prompt)."""
-        tok = self.tokenizer
-        if tools and not self._tools_native:
-            lead = [m for m in messages if m["role"] == "system"]
-            rest = [m for m in messages if m["role"] != "system"]
-            messages = lead + [tools_system_message(tools)] + rest
-            tools = None
-        if getattr(tok, "chat_template", None):
-            kwargs = {"tools": tools} if tools else {}
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **kwargs)
-        else:  # a base model without a template: a plain transcript
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    def _choice_trie(self, choices: list[str]) -> dict:
-        root: dict = {}
-        for ci, choice in enumerate(choices):
-            node = root
-            for t in self.tokenizer(choice, add_special_tokens=False)["input_ids"]:
-                node = node.setdefault(int(t), {})
-            node.setdefault(_END, ci)
-        return root
+        return self.prompts.render(messages, tools)
 
     # ------------------------------------------------------------------------------------------------
     # LLMCore protocol
@@ -188,23 +136,17 @@ class LLMEngine:
             log.debug("rejecting %s", syscall.id, exc_info=True)
             syscall.fail(getattr(exc, "error_type", "InvalidRequest"), str(exc) or type(exc).__name__)
 
-    def _add(
-        self,
-        syscall: LLMSyscall,
-        policy: str,
-        extra_actions: list[str] | None = None,
-        messages: list[dict] | None = None,
-    ) -> None:
+    def _add(self, syscall: LLMSyscall, policy: str, actions: list[str] | None = None, messages=None) -> None:
         if self._closed:
             raise EngineError("engine is closed")
         req = syscall.request
         if req.num_beams > self.config.max_batch_size:
             raise ValueError(f"num_beams={req.num_beams} exceeds max_batch_size={self.config.max_batch_size}")
-        actions = list(extra_actions or [])
+        actions = list(actions or [])
         if messages is None:
-            messages = self._message_dicts(req)
+            messages = message_dicts(req)
             if req.retrieve_k > 0:
-                messages = self._with_retrieved(syscall, messages)
+                messages = self.prompts.with_retrieved(self.retriever, syscall, messages)
                 actions.append(f"retrieved up to {req.retrieve_k} stored item(s)")
         budget = self.window - req.max_new_tokens
         if budget < 1:
@@ -213,68 +155,31 @@ class LLMEngine:
             )
         fit = fit_prompt(lambda m: self.render(m, req.tools), self.tokenizer, messages, budget)
         if fit.dropped and policy == "summarize":
-            self._summarize_then_add(syscall, messages, fit, actions)
+            self._summarize_then_add(syscall, messages, fit.dropped, actions)
             return
         seq = Sequence(syscall=syscall, prompt_ids=fit.prompt_ids, max_new_tokens=req.max_new_tokens, arrival=time.monotonic())
         seq.num_beams = req.num_beams
         seq.context_actions = actions + fit.actions
         if fit.actions:
             log.info("request %s: %s", syscall.id, "; ".join(fit.actions))
+        seq.seed = req.seed
         if req.temperature > 0:
             seq.seed = req.seed if req.seed is not None else secrets.randbits(63)
             seq.generator = torch.Generator(device="cpu").manual_seed(seq.seed)
-        else:
-            seq.seed = req.seed
         if req.choices:
-            seq.choice_trie = self._choice_trie(req.choices)
+            seq.choice_trie = self.sampler.choice_trie(req.choices)
         with self._lock:
             self._inbox.append(seq)
 
-    def _with_retrieved(self, syscall: LLMSyscall, messages: list[dict]) -> list[dict]:
-        req = syscall.request
-        if self.retriever is None:
-            err = EngineError("retrieve_k > 0 but no retriever is set on this engine (no storage manager)")
-            err.error_type = "RetrievalUnavailable"
-            raise err
-        query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
-        try:
-            items = list(self.retriever(syscall.agent, query, req.retrieve_k))
-        except Exception as exc:
-            err = EngineError(f"retriever failed: {type(exc).__name__}: {exc}")
-            err.error_type = "RetrievalError"
-            raise err from exc
-        if not items:
-            return messages
-        note = {"role": "system", "content": "Relevant items from your storage:\n" + "\n".join(f"- {i}" for i in items)}
-        n_sys = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
-        return messages[:n_sys] + [note] + messages[n_sys:]
-
-    def _summarize_then_add(self, syscall: LLMSyscall, messages: list[dict], fit, actions: list[str]) -> None:
+    def _summarize_then_add(self, syscall: LLMSyscall, messages: list[dict], dropped: list[dict], actions) -> None:
         """The summarize policy: an internal request summarizes the dropped turns, then the real one is queued."""
-        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in fit.dropped)
-        summary_max = max(16, min(128, self.window // 8))
-        inner = LLMSyscall(
-            agent=syscall.agent,
-            request=LLMRequest(
-                messages=[{"role": "system", "content": SUMMARY_PROMPT}, {"role": "user", "content": transcript}],
-                max_new_tokens=summary_max,
-                priority=syscall.request.priority,
-            ),
-        )
-        dropped_ids = {id(m) for m in fit.dropped}
+        inner = self.prompts.summary_call(syscall, dropped)
 
         def _resume(done: LLMSyscall) -> None:
             try:
-                kept = [m for m in messages if id(m) not in dropped_ids]
-                n_sys = next((i for i, m in enumerate(kept) if m["role"] != "system"), len(kept))
-                if done.result is not None:
-                    summary = {"role": "system", "content": "Summary of the earlier conversation: " + done.result.text}
-                    note = f"summarized {len(fit.dropped)} oldest turn(s) into {done.result.completion_tokens} tokens"
-                    kept = kept[:n_sys] + [summary] + kept[n_sys:]
-                else:
-                    note = f"summarizing failed ({done.error.type}); dropped {len(fit.dropped)} oldest turn(s)"
+                kept, note = self.prompts.merge_summary(messages, dropped, done)
                 # queue the real request with the summarized messages; truncate handles any remaining excess
-                self._add(syscall, policy="truncate", extra_actions=actions + [note], messages=kept)
+                self._add(syscall, policy="truncate", actions=actions + [note], messages=kept)
             except Exception as exc:
                 syscall.fail(getattr(exc, "error_type", "ContextError"), str(exc))
 
@@ -299,6 +204,19 @@ class LLMEngine:
     # ------------------------------------------------------------------------------------------------
     def step(self) -> bool:
         t0 = time.perf_counter()
+        if not self._take_inbox():
+            return False
+        plan = self.scheduler.schedule(time.monotonic())
+        self._switch(plan)
+        work = self._work(plan.admit)
+        logits = self._forward(work)
+        self._advance(work, logits)
+        self._stats.steps += 1
+        self._stats.busy_s += time.perf_counter() - t0
+        return True
+
+    def _take_inbox(self) -> bool:
+        """Queue the requests that arrived since the last step; False when there is nothing to do."""
         with self._lock:
             new = list(self._inbox)
             self._inbox.clear()
@@ -307,22 +225,27 @@ class LLMEngine:
             self.scheduler.add(seq, now)
         for seq in [s for s in self.scheduler.running + self.scheduler.ready if s.syscall.finished]:
             self._fail(seq, "Cancelled", "cancelled")  # ended from outside: free its rows and snapshot
-        if not self.scheduler.has_work():
-            return False
-        plan = self.scheduler.schedule(now)
+        return self.scheduler.has_work()
+
+    def _switch(self, plan: Plan) -> None:
         for seq in plan.suspend:
             self._guard(seq, self._suspend)
         for seq in plan.resume:
             self._guard(seq, self._resume)
         self.trace.append(tuple(s.agent for s in self.scheduler.running))
-        decoding = [s for s in self.scheduler.running if s.status is SeqStatus.RUNNING]
-        for seq in plan.admit:
-            self._guard(seq, self._prefill)
-        if decoding:
-            self._decode(decoding)
-        self._stats.steps += 1
-        self._stats.busy_s += time.perf_counter() - t0
-        return True
+
+    def _work(self, admit: list[Sequence]) -> list[Work]:
+        """The step's forward: one token per beam of every decoding sequence, then the admitted prompts."""
+        work = [
+            Work(s, [Chunk(s.slots[j], [ids[-1]], s.kv_len) for j, ids in enumerate(s.output_ids)], False)
+            for s in self.scheduler.running
+            if s.status is SeqStatus.RUNNING and s not in admit
+        ]
+        for seq in admit:
+            self._guard(seq, self._admit)
+            if seq.slots:
+                work.append(Work(seq, [Chunk(seq.slots[0], seq.prompt_ids, 0)], True))
+        return work
 
     def _guard(self, seq: Sequence, fn) -> None:
         try:
@@ -360,217 +283,64 @@ class LLMEngine:
         seq.syscall.mark_running()
         self._stats.restore_s += time.perf_counter() - t0
 
-    def _prefill(self, seq: Sequence) -> None:
-        t0 = time.perf_counter()
+    def _admit(self, seq: Sequence) -> None:
         seq.slots = self.runner.alloc(seq.num_rows)
         seq.status = SeqStatus.RUNNING
         seq.syscall.mark_running()
-        logits = self.runner.prefill(seq.slots[0], seq.prompt_ids)
-        seq.kv_len = len(seq.prompt_ids)
-        seq.prefill_computed = len(seq.prompt_ids)
-        seq.output_ids, seq.beam_scores = [[]], [0.0]
-        seq.choice_nodes = [seq.choice_trie] if seq.choice_trie is not None else []
-        self._stats.prefill_tokens += len(seq.prompt_ids)
-        self._stats.prefill_s += time.perf_counter() - t0
-        self._advance(seq, logits[None])
 
-    def _decode(self, seqs: list[Sequence]) -> None:
+    def _forward(self, work: list[Work]) -> list[torch.Tensor | None]:
+        """Logits per work item (rows = its chunks); ``None`` for an item whose forward failed (it is failed)."""
+        if not work:
+            return []
         t0 = time.perf_counter()
-        rows = [(s.slots[j], ids[-1], s.kv_len) for s in seqs for j, ids in enumerate(s.output_ids)]
         try:
-            logits = self.runner.decode(rows)
-        except Exception:  # contain it: each request's rows again on their own (see faults)
-            log.exception("batched decode failed; retrying its %d requests one by one", len(seqs))
-            seqs, logits = decode_isolated(self.runner, seqs, self._fail)
-            if not seqs:
-                return
-        self._stats.decode_steps += 1
-        self._stats.decode_rows += len(rows)
-        self._stats.rows_hist[len(rows)] = self._stats.rows_hist.get(len(rows), 0) + 1
-        self._stats.decode_s += time.perf_counter() - t0
-        i = 0
-        for s in seqs:
-            n = len(s.output_ids)
-            s.kv_len += 1
-            self._guard_advance(s, logits[i : i + n])
-            i += n
-
-    def _guard_advance(self, seq: Sequence, logits: torch.Tensor) -> None:
-        try:
-            self._advance(seq, logits)
-        except Exception as exc:
-            log.exception("request %s failed while sampling", seq.syscall.id)
-            self._fail(seq, getattr(exc, "error_type", "EngineError"), f"{type(exc).__name__}: {exc}")
-
-    # ------------------------------------------------------------------------------------------------
-    # sampling and finishing
-    # ------------------------------------------------------------------------------------------------
-    def _constrain(self, seq: Sequence, beam: int, logits: torch.Tensor) -> torch.Tensor:
-        if seq.choice_trie is None:
-            return logits
-        node = seq.choice_nodes[beam]
-        allowed = [t for t in node if t != _END]
-        if _END in node:
-            allowed += sorted(self.eos_ids)
-        mask = torch.full_like(logits, float("-inf"))
-        mask[torch.tensor(allowed, dtype=torch.long, device=logits.device)] = 0.0
-        return logits + mask
-
-    def _sample(self, seq: Sequence, logits: torch.Tensor) -> int:
-        req = seq.request
-        if req.temperature == 0:
-            return int(torch.argmax(logits))
-        logits = logits / req.temperature
-        if req.top_k is not None and req.top_k < logits.numel():
-            kth = torch.topk(logits, req.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if req.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            remove = (torch.cumsum(probs, dim=-1) - probs) > req.top_p
-            sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-            logits = torch.empty_like(logits).scatter_(0, order, sorted_logits)
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=seq.generator))
-
-    def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
-        """Consume one row of logits per live beam: pick the next token(s), finish if done."""
-        require_finite(logits)  # NaN/inf logits fail this request (NumericalError), never sample garbage
-        seq.quantum_used += 1
-        self._stats.generated_tokens += 1
-        if seq.num_beams > 1:
-            self._beam_step(seq, logits)
-            return
-        tok = self._sample(seq, self._constrain(seq, 0, logits[0]))
-        ids = seq.output_ids[0]
-        ids.append(tok)
-        seq.syscall.emit_token(tok)
-        reason = None
-        if seq.choice_trie is not None:
-            node = seq.choice_nodes[0]
-            if tok in self.eos_ids and _END in node:
-                reason, seq.choice_index = "choice", node[_END]
-            else:
-                node = node[tok]
-                seq.choice_nodes[0] = node
-                if _END in node and len(node) == 1:
-                    reason, seq.choice_index = "choice", node[_END]
-        elif tok in self.eos_ids:
-            reason = "eos"
-        if reason is None and seq.request.stop and self._hit_stop(seq):
-            reason = "stop"
-        if reason is None and (len(ids) >= seq.max_new_tokens or seq.kv_len + 1 >= self.window):
-            reason = "length"
-        if reason is not None:
-            self._finish(seq, reason)
-
-    def _hit_stop(self, seq: Sequence) -> bool:
-        """Incremental stop-string search: only text past ``stop_scan`` (minus overlap) is searched."""
-        text = self.tokenizer.decode(seq.output_ids[0], skip_special_tokens=True)
-        longest = max(len(s) for s in seq.request.stop)
-        start = max(0, seq.stop_scan - longest + 1)
-        hits = [i for i in (text.find(s, start) for s in seq.request.stop) if i >= 0]
-        seq.stop_scan = len(text)
-        if hits:
-            seq.stop_text = text[: min(hits)]
-            return True
-        return False
-
-    def _beam_step(self, seq: Sequence, logits: torch.Tensor) -> None:
-        width, vocab = seq.num_beams, logits.shape[-1]
-        lp = seq.request.length_penalty
-        rows = torch.stack([self._constrain(seq, j, logits[j]) for j in range(logits.shape[0])])
-        logp = torch.log_softmax(rows, dim=-1)
-        cand = logp + torch.tensor(seq.beam_scores, dtype=logp.dtype)[:, None]
-        vals, idx = torch.topk(cand.view(-1), min(2 * width, cand.numel()))
-        new_len = len(seq.output_ids[0]) + 1
-        new: list[tuple[int, int, float]] = []
-        for rank, (v, ix) in enumerate(zip(vals.tolist(), idx.tolist(), strict=True)):
-            if v == float("-inf"):
-                break
-            b, tok = divmod(ix, vocab)
-            ended, reason, kept = False, "eos", seq.output_ids[b] + [tok]
-            if seq.choice_trie is not None:
-                node = seq.choice_nodes[b]
-                if tok in self.eos_ids and _END in node:
-                    ended, reason, kept = True, "choice", seq.output_ids[b]
-                elif _END in node.get(tok, {}) and len(node[tok]) == 1:
-                    ended, reason = True, "choice"
-            elif tok in self.eos_ids:
-                ended, kept = True, seq.output_ids[b]
-            if ended:
-                if rank < width:
-                    seq.finished_beams.append((v / (new_len**lp), kept, reason))
-                continue
-            new.append((b, tok, v))
-            if len(new) == width:
-                break
-        # reorder: beam j continues from parent b (its KV must be the parent's)
-        src = [seq.slots[b] for j, (b, _, _) in enumerate(new) if b != j]
-        dst = [seq.slots[j] for j, (b, _, _) in enumerate(new) if b != j]
-        self.runner.cache.copy_slots(src, dst, seq.kv_len)
-        if seq.choice_trie is not None:
-            seq.choice_nodes = [seq.choice_nodes[b][tok] for b, tok, _ in new]
-        seq.output_ids = [seq.output_ids[b] + [tok] for b, tok, _ in new]
-        seq.beam_scores = [v for _, _, v in new]
-        done = not new
-        if new and (new_len >= seq.max_new_tokens or seq.kv_len + 1 >= self.window):
-            for ids, v in zip(seq.output_ids, seq.beam_scores, strict=True):
-                seq.finished_beams.append((v / (new_len**lp), ids, "length"))
-            done = True
-        elif new and len(seq.finished_beams) >= width:
-            worst_kept = sorted((h[0] for h in seq.finished_beams), reverse=True)[width - 1]
-            done = max(seq.beam_scores) / (new_len**lp) <= worst_kept
-        if done:
-            if not seq.finished_beams:
-                raise EngineError("beam search ended without any hypothesis (all continuations masked)")
-            score, ids, reason = max(seq.finished_beams, key=lambda h: h[0])
-            seq.output_ids = [list(ids)]
-            seq.beam_score = score
-            if reason == "choice":
-                node = seq.choice_trie
-                for t in ids:
-                    node = node[t]
-                seq.choice_index = node[_END]
-            self._finish(seq, reason)
-
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        req = seq.request
-        ids = list(seq.output_ids[0])
-        if ids and ids[-1] in self.eos_ids:
-            ids = ids[:-1]
-        if reason == "choice" and seq.choice_index is not None:
-            text = req.choices[seq.choice_index]
-        elif reason == "stop" and getattr(seq, "stop_text", None) is not None:
-            text = seq.stop_text
+            logits = self.runner.run([c for w in work for c in w.chunks])
+            out: list[torch.Tensor | None] = list(logits.split([len(w.chunks) for w in work]))
+        except Exception:  # contain it: each sequence's chunks again on their own (see faults)
+            log.exception("a forward of %d sequences failed; retrying each alone", len(work))
+            out = run_isolated(self.runner, [(w.seq, w.chunks) for w in work], self._fail)
+        dt = time.perf_counter() - t0
+        n_prefill = sum(len(w.seq.prompt_ids) for w in work if w.prefill)
+        rows = sum(len(w.chunks) for w in work if not w.prefill)
+        self._stats.prefill_tokens += n_prefill
+        if n_prefill:
+            self._stats.prefill_s += dt
         else:
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if seq.num_beams > 1 and req.stop:  # beams are not cut while running: trim the winner
-                cuts = [i for i in (text.find(s) for s in req.stop) if i >= 0]
-                if cuts:
-                    text, reason = text[: min(cuts)], "stop"
-        tool_calls, tool_err = [], None
-        if req.tools:
+            self._stats.decode_s += dt
+        if rows:
+            self._stats.decode_steps += 1
+            self._stats.decode_rows += rows
+            self._stats.rows_hist[rows] = self._stats.rows_hist.get(rows, 0) + 1
+        return out
+
+    def _advance(self, work: list[Work], logits: list[torch.Tensor | None]) -> None:
+        for w, lg in zip(work, logits, strict=True):
+            if lg is None or w.seq.status is not SeqStatus.RUNNING:
+                continue
+            seq = w.seq
             try:
-                tool_calls = parse_tool_calls(text)
-            except ToolCallError as exc:
-                tool_err = str(exc)
-        resp = LLMResponse(
-            text=text,
-            token_ids=ids,
-            finish_reason=reason,
-            tool_calls=tool_calls,
-            prompt_tokens=len(seq.prompt_ids),
-            completion_tokens=len(seq.output_ids[0]),
-            preemptions=seq.preemptions,
-            beam_score=seq.beam_score,
-            seed=seq.seed,
-            context_actions=seq.context_actions,
-            tool_call_error=tool_err,
-        )
+                if w.prefill:
+                    seq.kv_len = seq.prefill_computed = len(seq.prompt_ids)
+                    self.sampler.start(seq)
+                else:
+                    seq.kv_len += 1
+                self._stats.generated_tokens += 1
+                require_finite(lg)  # NaN/inf logits fail this request (NumericalError), never sample garbage
+                reason = self.sampler.advance(seq, lg)
+                if reason is not None:
+                    self._finish(seq, reason)
+            except Exception as exc:
+                log.exception("request %s failed while sampling", seq.syscall.id)
+                self._fail(seq, getattr(exc, "error_type", "EngineError"), f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------------------------------------
+    # finishing
+    # ------------------------------------------------------------------------------------------------
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        resp = self.prompts.response(seq, reason)
         self._release(seq)
         seq.status = SeqStatus.FINISHED
-        seq.finish_reason = reason
+        seq.finish_reason = resp.finish_reason
         self.scheduler.finished(seq)
         self._stats.completed += 1
         seq.syscall.complete(resp)
@@ -585,6 +355,8 @@ class LLMEngine:
             seq.snapshot = None
 
     def _fail(self, seq: Sequence, type_: str, message: str) -> None:
+        if seq.slots:  # a failed row may hold non-finite KV; the next owner's masked tail must stay finite
+            self.runner.cache.clear(seq.slots)
         self._release(seq)
         seq.status = SeqStatus.FINISHED
         self.scheduler.remove(seq)
@@ -628,6 +400,7 @@ class LLMEngine:
             "completed": s.completed,
             "failed": s.failed,
             "preemptions": s.preemptions,
+            "min_rows": self.runner.min_rows,
             "kv": vars(self.ctx.stats).copy(),
             "kv_cache_bytes": self.runner.cache.nbytes,
         }

@@ -4,15 +4,17 @@ Two failure modes of a batched forward, and what the engine does about each:
 
 - The batched decode *raises* (an out-of-memory, a kernel bug triggered by one row's input, a
   transient error). Failing every request in the batch would punish the innocent. Each sequence's
-  rows are run again on their own (``decode_isolated``): with the fixed-shape, batch-invariant
-  decode a row's numerics do not depend on who else is in the forward, so a survivor's logits are
+  chunks are run again on their own (``run_isolated``): with the batch-invariant forward (see
+  ``model_runner``) a row's numerics do not depend on who else is in it, so a survivor's logits are
   exactly those the batched forward would have produced, and its tokens do not change. Only the
   sequences whose own forward still raises fail, with a typed ``EngineError``. Rows the raising
   forward may have half-written are rewritten by the retry (same slot, same position).
 - The forward *returns* NaN or infinite logits for a row (a corrupted KV slot, an overflow). Greedy
   argmax over NaNs picks a token silently, so the engine checks every row before sampling
   (``require_finite``) and fails only that request, typed ``NumericalError``. Rows are independent
-  (per-row attention; the linear layers act row by row), so one poisoned row cannot spread.
+  (per-row attention; the linear layers act row by row), so one poisoned row cannot spread; a
+  failed request's slots are zeroed before reuse, since attention multiplies a row's masked tail
+  by zero and ``0 * NaN`` is NaN.
 """
 
 from __future__ import annotations
@@ -37,23 +39,20 @@ def require_finite(logits: torch.Tensor) -> None:
         )
 
 
-def decode_isolated(
-    runner: Any, seqs: list[Any], fail: Callable[[Any, str, str], None]
-) -> tuple[list[Any], torch.Tensor | None]:
-    """Run each sequence's decode rows alone after a batched decode raised.
+def run_isolated(
+    runner: Any, items: list[tuple[Any, list[Any]]], fail: Callable[[Any, str, str], None]
+) -> list[torch.Tensor | None]:
+    """Run each sequence's chunks alone after a batched forward raised.
 
-    Returns the sequences that succeeded and their logits concatenated in the same order (what the
-    batched forward would have returned for them); ``fail(seq, type, message)`` is called for each
-    one whose own forward raises.
+    ``items`` are ``(seq, chunks)``; returns per item its logits (what the batched forward would
+    have returned for it) or ``None`` where its own forward raised, after ``fail(seq, type, message)``.
     """
-    kept: list[Any] = []
-    parts: list[torch.Tensor] = []
-    for s in seqs:
-        rows = [(s.slots[j], ids[-1], s.kv_len) for j, ids in enumerate(s.output_ids)]
+    out: list[torch.Tensor | None] = []
+    for seq, chunks in items:
         try:
-            parts.append(runner.decode(rows))
+            out.append(runner.run(chunks))
         except Exception as exc:  # this request's own forward fails: it alone is failed
-            fail(s, "EngineError", f"decode failed for this request: {type(exc).__name__}: {exc}")
-        else:
-            kept.append(s)
-    return kept, (torch.cat(parts) if parts else None)
+            what = "prefill" if len(chunks[0].ids) > 1 else "decode"
+            fail(seq, "EngineError", f"{what} failed for this request: {type(exc).__name__}: {exc}")
+            out.append(None)
+    return out

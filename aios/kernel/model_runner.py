@@ -1,209 +1,81 @@
-"""Runs the model: per-sequence prefill and one batched decode forward for all running rows.
+"""Runs the model: one forward for every token of a step (prompt chunks and decode rows together).
 
-Exactness design (measured on this CPU): a row's result of a matmul depends on the batch size M
-(M=1 takes a gemv path), but with a *fixed* M the row's result does not depend on its position in
-the batch or on the other rows. So with ``batch_invariant`` every decode forward runs at exactly
-``max_rows`` rows (free slots are dummy rows), and attention is computed per row over only that
-row's own keys. A request then produces the same tokens alone or in any batch, suspended or not,
-which is what makes snapshot/restore *exact* under any schedule.
+The runner calls the model's parts itself (embedding, decoder layers' norms, projections and MLPs,
+final norm, LM head) instead of ``model(...)``: the KV cache is the engine's ``SlotKVCache``, not
+a transformers ``Cache``, and attention is ``attention.ragged_attention``, one batched call per
+layer for all decode rows (plus one for the prompt chunks, when there are some). Nothing is
+passed to transformers as ``past_key_values``. Supported: Llama-style decoders (Llama, Mistral
+without sliding window, Qwen2, Qwen3) — SmolLM2 is a Llama.
 
-KV layout: a ``SlotKVCache`` with ``max_rows`` slots per layer, tensor ``[slot, kv_head, pos, dim]``.
-Row ``i`` of an invariant decode batch *is* slot ``i``, so joining a batch means writing a prompt's
-KV into a free slot (prefill or snapshot restore), leaving means marking the slot free: no
-re-padding, no copying of other rows, and steady-state decode writes one position per row per
-layer (one ``index_put_``). It is the slot cache that makes the "left-padded DynamicCache rebuilt
-on membership change" design unnecessary. Capacity (positions per slot) grows geometrically.
+A step's tokens are one flat batch of ``T`` rows for every matmul. Exactness (a request's tokens
+do not depend on who shares its steps, see ``attention`` and ``batch_invariance``): every row-wise
+op gives a row the same bits for any row count ``>= min_rows``, so the flat batch and every
+attention call's query rows are padded to ``min_rows`` (4 on this CPU in fp32), not to
+``max_batch_size``. If this device has no such row count, ``fixed_rows`` mode runs decode steps at
+``max_rows`` rows and each prompt in a forward of its own, as before.
 
-Attention goes through a function registered with transformers' ``AttentionInterface`` under
-``"aios_ragged"``; it receives the per-row (slot, length) list as the ``aios_batch`` keyword, which
-transformers forwards from ``model(...)`` to the attention call. Without that keyword (e.g. plain
-``model.generate`` on the same model) it falls back to SDPA, so the model stays usable elsewhere.
-Registration is a name-to-function entry (no per-kernel state), so several kernels can share it.
+No host syncs inside ``run``: lengths come from the Python side; only the caller reads tokens back.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-ATTN_NAME = "aios_ragged"
+from aios.kernel.attention import padded_len, ragged_attention
+from aios.kernel.batch_invariance import min_stable_rows
+from aios.kernel.kv_cache import SlotKVCache
+
+SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 @dataclass
-class RaggedBatch:
-    """Per-row attention extents for one forward: ``rows[i] = (slot, n_keys)``; slot < 0 is a dummy row.
+class Chunk:
+    """Tokens ``ids`` of the sequence in ``slot`` at positions ``start..``; the forward returns the
+    logits of the last one. A decode row is a chunk of one token."""
 
-    ``q_start`` is the position of the first query token (prefill with existing keys needs it).
-    """
-
-    rows: list[tuple[int, int]]
-    q_start: int = 0
-
-
-def ragged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """SDPA per row over that row's own valid keys (no padding ever enters a row's softmax)."""
-    batch: RaggedBatch | None = kwargs.get("aios_batch")
-    if batch is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-        )
-    bsz, n_heads, q_len, head_dim = query.shape
-    out = query.new_zeros(bsz, q_len, n_heads, head_dim)
-    gqa = key.shape[1] != n_heads
-    sdpa = F.scaled_dot_product_attention
-    for i, (slot, n) in enumerate(batch.rows):
-        if slot < 0:
-            continue
-        k = key[slot : slot + 1, :, :n]
-        v = value[slot : slot + 1, :, :n]
-        if q_len == 1:
-            o = sdpa(query[i : i + 1], k, v, scale=scaling, enable_gqa=gqa)
-        elif n == q_len:
-            o = sdpa(query[i : i + 1], k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
-        else:  # queries continue existing keys: causal mask offset by the keys already there
-            qpos = torch.arange(n - q_len, n, device=query.device)[:, None]
-            mask = torch.arange(n, device=query.device)[None, :] <= qpos
-            o = sdpa(query[i : i + 1], k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa)
-        out[i] = o[0].transpose(0, 1)
-    return out, None
-
-
-def register_attention() -> None:
-    """Register ``aios_ragged`` with transformers (idempotent)."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTN_NAME, ragged_attention)
-
-
-class SlotKVCache:
-    """Batch KV cache with a fixed number of slots; duck-types the part of ``Cache`` Llama-style models use.
-
-    The runner sets a *plan* before each forward (which slot each row writes, at which position);
-    ``update`` writes the new keys/values there and returns the full slot buffers, which the ragged
-    attention slices per row.
-    """
-
-    is_compileable = False
-
-    def __init__(self, num_layers: int, num_slots: int, kv_heads: int, head_dim: int, dtype, device, max_len: int):
-        self.num_layers, self.num_slots = num_layers, num_slots
-        self.kv_heads, self.head_dim = kv_heads, head_dim
-        self.dtype, self.device, self.max_len = dtype, device, max_len
-        self.capacity = 0
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self._plan: tuple | None = None
-        self._grow(64)
-
-    # -- capacity ------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _grow(self, needed: int) -> None:
-        cap = max(needed, self.capacity * 2, 64)
-        cap = min(-(-cap // 64) * 64, max(self.max_len, needed))
-        shape = (self.num_slots, self.kv_heads, cap, self.head_dim)
-        new_k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
-        new_v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.num_layers)]
-        if self.capacity:
-            for layer in range(self.num_layers):
-                new_k[layer][:, :, : self.capacity] = self.keys[layer]
-                new_v[layer][:, :, : self.capacity] = self.values[layer]
-        self.keys, self.values, self.capacity = new_k, new_v, cap
-
-    def ensure_capacity(self, needed: int) -> None:
-        if needed > self.capacity:
-            self._grow(needed)
+    slot: int
+    ids: list[int]
+    start: int
 
     @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
-    # -- plans ---------------------------------------------------------------------------------
-    def plan_prefill(self, slot: int, start: int, length: int) -> None:
-        self.ensure_capacity(start + length)
-        self._plan = ("prefill", slot, start, length)
-
-    def plan_decode(self, slots: torch.Tensor, positions: torch.Tensor, max_pos: int) -> None:
-        self.ensure_capacity(max_pos + 1)
-        self._plan = ("decode", slots, positions)
-
-    # -- Cache protocol (the parts models call) --------------------------------------------------
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        plan = self._plan
-        k_buf, v_buf = self.keys[layer_idx], self.values[layer_idx]
-        if plan[0] == "prefill":
-            _, slot, start, length = plan
-            k_buf[slot, :, start : start + length] = key_states[0]
-            v_buf[slot, :, start : start + length] = value_states[0]
-        else:
-            _, slots, positions = plan
-            k_buf[slots, :, positions] = key_states[:, :, 0]
-            v_buf[slots, :, positions] = value_states[:, :, 0]
-        return k_buf, v_buf
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0
-
-    # -- moving KV in and out of slots -------------------------------------------------------------
-    @torch.inference_mode()
-    def read(self, slot: int, length: int, to: torch.device | str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Copies of a slot's first ``length`` positions, per layer (``[kv_head, length, dim]``)."""
-        out = []
-        for layer in range(self.num_layers):
-            k = self.keys[layer][slot, :, :length]
-            v = self.values[layer][slot, :, :length]
-            if to is not None and torch.device(to) != k.device:
-                out.append((k.to(to, copy=True), v.to(to, copy=True)))
-            else:
-                out.append((k.clone(), v.clone()))
-        return out
-
-    @torch.inference_mode()
-    def write(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        length = kv[0][0].shape[1]
-        self.ensure_capacity(length)
-        for layer, (k, v) in enumerate(kv):
-            self.keys[layer][slot, :, :length] = k.to(self.device, non_blocking=True)
-            self.values[layer][slot, :, :length] = v.to(self.device, non_blocking=True)
-
-    @torch.inference_mode()
-    def copy_slots(self, src: list[int], dst: list[int], length: int) -> None:
-        """``dst[i] <- src[i]`` for the first ``length`` positions (beam reordering)."""
-        if not src:
-            return
-        s = torch.tensor(src, device=self.device)
-        d = torch.tensor(dst, device=self.device)
-        for layer in range(self.num_layers):
-            self.keys[layer][d, :, :length] = self.keys[layer][s, :, :length]
-            self.values[layer][d, :, :length] = self.values[layer][s, :, :length]
+    def end(self) -> int:
+        return self.start + len(self.ids)
 
 
 class ModelRunner:
     """Owns the model's forward passes and the batch KV cache (one per engine)."""
 
     def __init__(self, model, max_rows: int, batch_invariant: bool = True, max_len: int | None = None):
-        register_attention()
-        self.model = model
-        model.config._attn_implementation = ATTN_NAME
         cfg = model.config
+        if cfg.model_type not in SUPPORTED or getattr(cfg, "sliding_window", None) and cfg.model_type == "mistral":
+            raise NotImplementedError(
+                f"the local engine runs Llama-style decoders ({', '.join(sorted(SUPPORTED))}); got {cfg.model_type!r}"
+            )
+        self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.max_rows = max_rows
-        self.batch_invariant = batch_invariant
         self.vocab_size = cfg.vocab_size
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.layers = list(model.model.layers)
+        self.heads = cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.max_len = max_len or getattr(cfg, "max_position_embeddings", 2048)
-        # one extra slot (index max_rows) is scratch space: dummy rows write their junk KV there, never
-        # into a free slot that a sequence prefilled earlier in the same step
         self.cache = SlotKVCache(
-            cfg.num_hidden_layers, max_rows + 1, kv_heads, head_dim, self.dtype, self.device, self.max_len
+            len(self.layers), max_rows, self.kv_heads, self.head_dim, self.dtype, self.device, self.max_len
         )
-        self.scratch_slot = max_rows
         self.free_slots: list[int] = list(range(max_rows))
+        stable = min_stable_rows(model, self.dtype, self.device, self.head_dim) if batch_invariant else 1
+        self.fixed_rows = stable is None
+        self.min_rows = max_rows if stable is None else stable
+        with torch.inference_mode():  # rotary tables for every position (the model's own rotary code)
+            pos = torch.arange(padded_len(self.max_len), device=self.device)[None]
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            cos, sin = model.model.rotary_emb(probe, pos)
+        self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
 
     # -- slots -------------------------------------------------------------------------------------
     def alloc(self, n: int) -> list[int]:
@@ -216,56 +88,129 @@ class ModelRunner:
     def release(self, slots: list[int]) -> None:
         self.free_slots.extend(s for s in slots if s not in self.free_slots)
 
-    # -- forwards ----------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def prefill(self, slot: int, ids: list[int], start: int = 0) -> torch.Tensor:
-        """Run ``ids`` (positions ``start..``) for one slot; return float32 logits of the last position."""
-        n = len(ids)
-        self.cache.plan_prefill(slot, start, n)
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-        pos = torch.arange(start, start + n, device=self.device)[None]
-        out = self.model(
-            input_ids=input_ids,
-            position_ids=pos,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-            aios_batch=RaggedBatch([(slot, start + n)], q_start=start),
-        )
-        return out.logits[0, -1].float()
+    # -- the forward -------------------------------------------------------------------------------
+    def run(self, chunks: list[Chunk]) -> torch.Tensor:
+        """One forward over all ``chunks``; float32 logits of each chunk's last token ``[len(chunks), vocab]``."""
+        if self.fixed_rows:
+            return self._run_fixed(chunks)
+        return self._forward(chunks, pad_to=self.min_rows)
+
+    def _run_fixed(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Fallback for devices without row-invariant matmuls: decode rows padded to ``max_rows``, each
+        prompt chunk alone (its own shapes are then the same whatever else is running)."""
+        decode = [i for i, c in enumerate(chunks) if len(c.ids) == 1]
+        out: list[torch.Tensor | None] = [None] * len(chunks)
+        if decode:
+            logits = self._forward([chunks[i] for i in decode], pad_to=self.max_rows)
+            for j, i in enumerate(decode):
+                out[i] = logits[j]
+        for i, c in enumerate(chunks):
+            if out[i] is None:
+                out[i] = self._forward([c], pad_to=1)[0]
+        return torch.stack(out)
 
     @torch.inference_mode()
-    def decode(self, rows: list[tuple[int, int, int]]) -> torch.Tensor:
-        """One token for each ``(slot, token, position)`` row; returns float32 logits ``[len(rows), vocab]``.
+    def _forward(self, chunks: list[Chunk], pad_to: int) -> torch.Tensor:
+        dev = self.device
+        ids = [t for c in chunks for t in c.ids]
+        positions = [p for c in chunks for p in range(c.start, c.end)]
+        slots = [c.slot for c in chunks for _ in c.ids]
+        n_real = len(ids)
+        pad = max(0, pad_to - n_real)
+        self.cache.ensure_capacity(padded_len(max(c.end for c in chunks)))
+        ids_t = torch.tensor(ids + [0] * pad, dtype=torch.long, device=dev)
+        pos_t = torch.tensor(positions + [0] * pad, dtype=torch.long, device=dev)
+        slot_t = torch.tensor(slots, dtype=torch.long, device=dev)
+        groups = self._attention_groups(chunks, dev)
+        cos, sin = self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1)  # [T, 1, D]
+        T = n_real + pad
+        x = self.model.model.embed_tokens(ids_t)
+        for li, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(T, self.heads, self.head_dim)
+            k = attn.k_proj(h).view(T, self.kv_heads, self.head_dim)
+            v = attn.v_proj(h).view(T, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            self.cache.put(li, slot_t, pos_t[:n_real], k[:n_real], v[:n_real])
+            o = torch.zeros(T, self.heads, self.head_dim, dtype=q.dtype, device=dev)
+            for g in groups:
+                o[g.out_rows] = self._attend(li, g, q, attn.scaling)
+            x = x + attn.o_proj(o.view(T, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = list(itertools.accumulate(len(c.ids) for c in chunks))
+        last = [n - 1 for n in last]
+        rows = torch.tensor(last + [0] * max(0, pad_to - len(last)), dtype=torch.long, device=dev)
+        logits = self.model.lm_head(self.model.model.norm(x[rows]))
+        return logits[: len(chunks)].float()
 
-        Invariant mode runs all ``max_rows`` slots (free ones as dummy rows) so the matmul shapes,
-        hence every row's numerics, never depend on how many requests share the batch.
-        """
-        if self.batch_invariant:
-            tokens = [0] * self.max_rows
-            positions = [0] * self.max_rows
-            meta = [(-1, 0)] * self.max_rows
-            for slot, tok, pos in rows:
-                tokens[slot], positions[slot], meta[slot] = tok, pos, (slot, pos + 1)
-            slots = [self.scratch_slot] * self.max_rows
-            for slot, _, _ in rows:
-                slots[slot] = slot
-            pick = [slot for slot, _, _ in rows]
-        else:
-            slots = [slot for slot, _, _ in rows]
-            tokens = [tok for _, tok, _ in rows]
-            positions = [pos for _, _, pos in rows]
-            meta = [(slot, pos + 1) for slot, _, pos in rows]
-            pick = list(range(len(rows)))
-        slot_t = torch.tensor(slots, device=self.device)
-        pos_t = torch.tensor(positions, device=self.device)
-        self.cache.plan_decode(slot_t, pos_t, max(positions))
-        out = self.model(
-            input_ids=torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None],
-            position_ids=pos_t[:, None],
-            past_key_values=self.cache,
-            use_cache=True,
-            aios_batch=RaggedBatch(meta),
+    def _attention_groups(self, chunks: list[Chunk], dev) -> list[_Group]:
+        """Decode rows in one attention call, prompt chunks in another (their query counts differ)."""
+        starts, off = [], 0
+        for c in chunks:
+            starts.append(off)
+            off += len(c.ids)
+        out = []
+        for members in ([i for i, c in enumerate(chunks) if len(c.ids) == 1], [i for i, c in enumerate(chunks) if len(c.ids) > 1]):
+            if members:
+                out.append(_Group.build([chunks[i] for i in members], [starts[i] for i in members], self, dev))
+        return out
+
+    def _attend(self, layer: int, g: _Group, q: torch.Tensor, scaling: float) -> torch.Tensor:
+        R, Q = len(g.slots), g.q_len
+        grp = self.heads // self.kv_heads
+        qs = q[g.q_rows].view(R, Q, self.kv_heads, grp, self.head_dim)
+        qs = qs.permute(0, 2, 1, 3, 4).reshape(R, self.kv_heads, Q * grp, self.head_dim)
+        m = Q * grp
+        if m < self.min_rows:  # pad the query rows so the attention matmuls are row-invariant too
+            qs = torch.cat([qs, qs.new_zeros(R, self.kv_heads, self.min_rows - m, self.head_dim)], dim=2)
+        k, v = self.cache.gather(layer, g.slot_t, g.key_len)
+        o = ragged_attention(qs, k, v, g.qpos, scaling)[:, :, :m]
+        o = o.reshape(R, self.kv_heads, Q, grp, self.head_dim).permute(0, 2, 1, 3, 4).reshape(R * Q, self.heads, self.head_dim)
+        return o[g.keep]
+
+
+@dataclass
+class _Group:
+    """One attention call: ``R`` sequences with up to ``q_len`` queries each (padded)."""
+
+    slots: list[int]
+    slot_t: torch.Tensor
+    q_len: int
+    key_len: int
+    q_rows: torch.Tensor  # [R * q_len] flat-batch row of each (padded) query
+    qpos: torch.Tensor  # [R, M]: position of each query row (padding: 0)
+    keep: torch.Tensor  # indices of the real queries among the R * q_len
+    out_rows: torch.Tensor  # flat-batch rows of the real queries
+
+    @staticmethod
+    def build(chunks: list[Chunk], starts: list[int], runner: ModelRunner, dev) -> _Group:
+        q_len = max(len(c.ids) for c in chunks)
+        grp = runner.heads // runner.kv_heads
+        m = max(q_len * grp, runner.min_rows)
+        q_rows, keep, qpos = [], [], []
+        for c, s in zip(chunks, starts, strict=True):
+            n = len(c.ids)
+            q_rows += [s + j for j in range(n)] + [s] * (q_len - n)
+            keep += [True] * n + [False] * (q_len - n)
+            rowpos = [p for p in range(c.start, c.end) for _ in range(grp)] + [0] * ((q_len - n) * grp)
+            qpos.append(rowpos + [0] * (m - q_len * grp))
+        keep_idx = [i for i, k in enumerate(keep) if k]
+        return _Group(
+            slots=[c.slot for c in chunks],
+            slot_t=torch.tensor([c.slot for c in chunks], dtype=torch.long, device=dev),
+            q_len=q_len,
+            key_len=padded_len(max(c.end for c in chunks)),
+            q_rows=torch.tensor(q_rows, dtype=torch.long, device=dev),
+            qpos=torch.tensor(qpos, dtype=torch.long, device=dev),
+            keep=torch.tensor(keep_idx, dtype=torch.long, device=dev),
+            out_rows=torch.tensor([q_rows[i] for i in keep_idx], dtype=torch.long, device=dev),
         )
-        logits = out.logits[:, -1]
-        return logits[torch.tensor(pick, device=self.device)].float()
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin

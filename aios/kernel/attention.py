@@ -1,0 +1,56 @@
+"""Ragged attention in one batched call, with a fixed reduction order per query.
+
+Each query row attends to its own sequence's keys ``[0, n)`` (decode: the whole row; prefill:
+causal within the prompt). Rows have different lengths, so their keys are gathered into one block
+of ``L`` positions, ``L`` a multiple of ``CHUNK``, with the tail masked. That block's size depends
+on the longest row in the batch, so a plain softmax/matmul over ``L`` would make a row's result
+depend on its neighbours (a reduction's blocking and vector tails change with its length; measured
+here: ``F.scaled_dot_product_attention`` over a masked, padded block differs from the unpadded one
+by ~1e-7). To make a row's numerics independent of ``L``, every reduction over keys is split:
+
+1. scores per chunk: ``q @ k_chunk^T`` (the dot products run over ``head_dim``, never over ``L``);
+2. the row max over all chunks (a max is exact in any order), ``e = exp(s - max)``;
+3. per chunk, ``e_chunk @ v_chunk`` and ``sum(e_chunk)`` (reductions of a fixed length ``CHUNK``);
+4. the per-chunk partial results summed over chunks with ``cumsum`` (a sequential scan), whose
+   last entry is the total: chunks past a row's length hold exact zeros, and adding zeros at the
+   end of a sequential sum changes nothing.
+
+A query row's result therefore depends only on its own keys, as long as each matmul's row results
+do not depend on the number of rows; ``batch_invariance`` measures from how many rows (``min_rows``)
+that holds and the queries are padded to it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK = 64  # keys per chunk (q @ k^T kernels are row- and size-stable from 64 columns on this CPU)
+
+
+def padded_len(n: int) -> int:
+    return max(CHUNK, -(-n // CHUNK) * CHUNK)
+
+
+def ragged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """``q [R, KVH, M, D]`` over ``k, v [R, KVH, L, D]`` (``L % CHUNK == 0``); ``qpos [R, M]`` long.
+
+    Query ``m`` of row ``r`` sees keys ``0..qpos[r, m]``. Queries of the ``g`` heads sharing a KV
+    head are stacked in ``M`` (grouped-query attention without repeating K/V). Every row must see
+    at least key 0 (padding queries use position 0). Returns ``[R, KVH, M, D]``.
+    """
+    R, KVH, L, D = k.shape
+    nc = L // CHUNK
+    kc = k.view(R, KVH, nc, CHUNK, D)
+    vc = v.view(R, KVH, nc, CHUNK, D)
+    s = torch.matmul(q.unsqueeze(2), kc.transpose(-1, -2))  # [R, KVH, nc, M, C]
+    s = s * scaling
+    keypos = torch.arange(L, device=q.device).view(1, 1, nc, 1, CHUNK)
+    visible = keypos <= qpos.view(R, 1, 1, -1, 1)
+    s = s.masked_fill(~visible, float("-inf"))
+    m = s.amax(dim=(2, 4), keepdim=True)
+    e = torch.exp(s - m)
+    num = torch.matmul(e, vc).cumsum(dim=2)[:, :, -1]  # [R, KVH, M, D]
+    den = e.sum(dim=-1).cumsum(dim=2)[:, :, -1]  # [R, KVH, M]
+    return num / den.unsqueeze(-1)
