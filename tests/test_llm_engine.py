@@ -16,6 +16,11 @@ def call(agent="a", content="hello there", n=10, **kw) -> LLMSyscall:
     return LLMSyscall(agent=agent, request=LLMRequest(messages=[{"role": "user", "content": content}], max_new_tokens=n, **kw))
 
 
+def submit(kernel, c: LLMSyscall) -> LLMSyscall:
+    """Submit as the agent the call names (the kernel's owner issues its credential)."""
+    return kernel.submit(c, kernel.credential_for(c.agent, by=kernel.owner))
+
+
 def run(engine, *calls):
     for c in calls:
         engine.add(c)
@@ -222,15 +227,15 @@ def test_retrieval_hook(make_engine):
 def test_bad_requests_rejected_kernel_keeps_serving(tiny_kernel, bad):
     with pytest.raises(ValidationError):
         LLMSyscall(agent="a", request=LLMRequest(**bad))
-    out = tiny_kernel.syscall(call(n=4), timeout=60)
+    out = submit(tiny_kernel, call(n=4)).wait(60)
     assert out.completion_tokens == 4
 
 
 def test_engine_rejects_what_it_cannot_serve(tiny_kernel):
-    too_wide = tiny_kernel.submit(call(n=4, num_beams=16))
+    too_wide = submit(tiny_kernel, call(n=4, num_beams=16))
     with pytest.raises(SyscallFailed, match="num_beams"):
         too_wide.wait(30)
-    assert tiny_kernel.syscall(call(n=4), timeout=60).completion_tokens == 4
+    assert submit(tiny_kernel, call(n=4)).wait(60).completion_tokens == 4
 
 
 def test_crash_in_one_request_fails_only_it(make_engine, monkeypatch):
@@ -298,10 +303,10 @@ def test_agent_raising_mid_run_leaves_others_unaffected(tiny_kernel):
 
     def agent(name: str, explode: bool) -> None:
         try:
-            r1 = tiny_kernel.syscall(call(name, f"{name} first", n=6), timeout=120)
+            r1 = submit(tiny_kernel, call(name, f"{name} first", n=6)).wait(120)
             if explode:
                 raise RuntimeError("agent bug")
-            r2 = tiny_kernel.syscall(call(name, f"{name} second", n=6), timeout=120)
+            r2 = submit(tiny_kernel, call(name, f"{name} second", n=6)).wait(120)
             results[name] = (r1.completion_tokens, r2.completion_tokens)
         except RuntimeError as exc:
             results[name] = exc
@@ -322,7 +327,7 @@ def test_agent_raising_mid_run_leaves_others_unaffected(tiny_kernel):
 async def _chat_async(kernel, n):
     import asyncio
 
-    calls = [kernel.submit(call(f"async{i}", n=5)) for i in range(n)]
+    calls = [submit(kernel, call(f"async{i}", n=5)) for i in range(n)]
     return await asyncio.gather(*(c.wait_async() for c in calls))
 
 
@@ -343,7 +348,7 @@ def test_two_kernels_in_one_process(tiny_lm):
     with Kernel(scheduler="fifo", llm=LLMEngine(model, tok, scheduler="fifo")) as k1, Kernel(
         scheduler="rr", llm=LLMEngine(model, tok, scheduler="rr", quantum=1)
     ) as k2:
-        a = k1.submit(call("x", n=6))
-        b = k2.submit(call("x", n=6))
+        a = submit(k1, call("x", n=6))
+        b = submit(k2, call("x", n=6))
         assert a.wait(60).token_ids == b.wait(60).token_ids
         assert len(k1.history()) == len(k2.history()) == 1
