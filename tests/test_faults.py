@@ -233,7 +233,9 @@ def test_agent_dying_with_syscalls_in_flight(tiny_kernel, clean):
         for j in range(3):
             sc = LLMSyscall(
                 agent=ctx.agent,
-                request=LLMRequest(messages=[{"role": "user", "content": f"long story {j}"}], max_new_tokens=400),
+                request=LLMRequest(
+                    messages=[{"role": "user", "content": f"long story {j}"}], max_new_tokens=400
+                ),
             )
             submitted.append(ctx.kernel.submit(sc, ctx.credential))
         # die only once the engine has scheduled all three (they hold rows or snapshots)
