@@ -157,3 +157,12 @@ def test_status_answers_while_the_vm_is_busy(tmp_path):
         release.set()
         worker.join(60)
     assert result["ok"] and plane.status()["busy"] is None and not plane._vm.locked()
+
+
+def test_host_mode_is_refused_on_a_non_loopback_http_server(tmp_path, capsys):
+    """The HTTP transport has no authentication: a reachable server may not load on the host."""
+    from aios.cli import main
+
+    rc = main(["mcp", "--transport", "http", "--bind", "0.0.0.0", "--host-mode", "--workdir", str(tmp_path)])
+    assert rc == 2 and "--host-mode is refused with --bind 0.0.0.0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was set up

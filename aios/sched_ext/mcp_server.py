@@ -19,6 +19,7 @@ answers while a measurement holds the micro-VM.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -143,8 +144,26 @@ def make_plane(
     return ControlPlane(box=box, host_mode=host_mode)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def serve_from_args(args: argparse.Namespace) -> int:
-    """Run the server the ``aios mcp`` flags describe until the client (stdio) or a signal ends it."""
+    """Run the server the ``aios mcp`` flags describe until the client (stdio) or a signal ends it.
+
+    The HTTP transport has no authentication: on loopback the SDK adds DNS-rebinding protection;
+    any other address is the operator's choice, but never together with host mode (anyone who
+    can reach the port could then load schedulers on this host).
+    """
+    remote = args.transport == "http" and args.bind not in LOOPBACK
+    if remote and args.host_mode:
+        print(
+            f"aios: error: --host-mode is refused with --bind {args.bind}: the HTTP transport has no "
+            "authentication, so only a loopback server may load schedulers on this host",
+            file=sys.stderr,
+        )
+        return 2
+    if remote:
+        print(f"aios mcp: warning: serving without authentication on {args.bind}:{args.port}", file=sys.stderr)
     plane = make_plane(args.repository, args.embedder, args.workdir, args.host_mode)
     server = build_server(plane)
     try:
