@@ -120,23 +120,23 @@ def run_phase(kernel, op: str, agents: int, ops_per_agent: int) -> dict:
             for j in range(ops_per_agent):
                 text = DOCS[f"d{(idx + j) % 30 + 1:02d}"]
                 ctx = aios.current()
-                from aios.kernel.memory import MemoryRequest, MemorySyscall
-                from aios.kernel.storage import StorageRequest, StorageSyscall
+                from aios.kernel.memory import MemorySyscall
+                from aios.kernel.storage import StorageSyscall
 
                 if op == "memory add":
-                    sc = MemorySyscall(agent=name, request=MemoryRequest(op="add", content=f"{j} {text}"))
+                    sc = MemorySyscall(agent=name, request=dict(op="add", content=f"{j} {text}"))
                 elif op == "memory get":
-                    sc = MemorySyscall(agent=name, request=MemoryRequest(op="get", id=ids[j % len(ids)]))
+                    sc = MemorySyscall(agent=name, request=dict(op="get", id=ids[j % len(ids)]))
                 elif op == "memory search":
-                    sc = MemorySyscall(agent=name, request=MemoryRequest(op="search", query=text, k=5))
+                    sc = MemorySyscall(agent=name, request=dict(op="search", query=text, k=5))
                 elif op == "storage put":
                     sc = StorageSyscall(
-                        agent=name, request=StorageRequest(op="put", key=f"k{j}", content=text)
+                        agent=name, request=dict(op="put", key=f"k{j}", content=text)
                     )
                 elif op == "storage get":
-                    sc = StorageSyscall(agent=name, request=StorageRequest(op="get", key=f"seed{j % 10}"))
+                    sc = StorageSyscall(agent=name, request=dict(op="get", key=f"seed{j % 10}"))
                 else:
-                    sc = StorageSyscall(agent=name, request=StorageRequest(op="search", query=text, k=5))
+                    sc = StorageSyscall(agent=name, request=dict(op="search", query=text, k=5))
                 try:
                     ctx.call(sc)
                     mine.append(sc.turnaround_time)

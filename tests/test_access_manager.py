@@ -158,11 +158,11 @@ def test_adversarial_suite(kernel):
         a += [(f"mem search own {q}", lambda q=q: A.memory_search(q, k=50), False)]
     a += [("mem list", lambda: A.memory_list(owner="alice"), False)]
     a += [("mem add", lambda: A.memory_add("planted", owner="alice"), True)]
-    from aios.kernel.memory import MemoryRequest, MemorySyscall
+    from aios.kernel.memory import MemorySyscall
 
     def raw_mem(**req):
         ctx = aios.current()
-        return ctx.call(MemorySyscall(agent=ctx.agent, request=MemoryRequest(**req)))
+        return ctx.call(MemorySyscall(agent=ctx.agent, request=req))
 
     a += [("mem release alice", lambda: raw_mem(op="release", owner="alice"), True)]
     a += [("mem persist alice", lambda: raw_mem(op="persist", owner="alice"), True)]

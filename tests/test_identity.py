@@ -14,7 +14,7 @@ from _mgr_util import TinyCore, admin, make_kernel
 
 import aios
 from aios.kernel.identity import AuthenticationFailed, Credential, CredentialRejected
-from aios.kernel.memory import MemoryRequest, MemorySyscall
+from aios.kernel.memory import MemorySyscall
 from aios.kernel.syscall import LLMRequest, LLMSyscall, SyscallFailed, SyscallRejected
 
 
@@ -60,13 +60,13 @@ def test_revocation_stops_tokens_and_credentials_at_once(kernel, tmp_path):
     token = kernel.identities.add("alice")
     cred = kernel.identities.authenticate(token)
     spawned = kernel.credential_for("alice", by=kernel.owner)
-    kernel.submit(MemorySyscall(request=MemoryRequest(op="add", content="x")), cred).wait(5)
+    kernel.submit(MemorySyscall(request=dict(op="add", content="x")), cred).wait(5)
     kernel.identities.revoke("alice")
     with pytest.raises(AuthenticationFailed):
         kernel.identities.authenticate(token)
     for c in (cred, spawned):
         with pytest.raises(CredentialRejected, match="revoked"):
-            kernel.submit(MemorySyscall(request=MemoryRequest(op="add", content="y")), c)
+            kernel.submit(MemorySyscall(request=dict(op="add", content="y")), c)
     with pytest.raises(AuthenticationFailed):
         kernel.credential_for("alice", by=kernel.owner)
     # rotation gives a new token; the old token and old credentials stay dead
@@ -75,7 +75,7 @@ def test_revocation_stops_tokens_and_credentials_at_once(kernel, tmp_path):
     with pytest.raises(AuthenticationFailed):
         kernel.identities.authenticate(token)
     with pytest.raises(CredentialRejected):
-        kernel.submit(MemorySyscall(request=MemoryRequest(op="add", content="z")), cred)
+        kernel.submit(MemorySyscall(request=dict(op="add", content="z")), cred)
     assert kernel.modules["memory"].usage("alice")["items"] == 1
     assert len(_audit_denied(kernel)) >= 5
     # durable: a new kernel on the same directory knows the new token and not the old one
@@ -101,7 +101,7 @@ def test_adding_twice_is_an_error_unless_rotated(kernel):
 
 def test_forged_missing_foreign_and_replayed_credentials_are_refused(kernel, tmp_path):
     victim = kernel.credential_for("alice", by=kernel.owner)
-    kernel.submit(MemorySyscall(request=MemoryRequest(op="add", content="alice's")), victim).wait(5)
+    kernel.submit(MemorySyscall(request=dict(op="add", content="alice's")), victim).wait(5)
     other = make_kernel(tmp_path / "other")
     try:
         attempts = [
@@ -113,15 +113,15 @@ def test_forged_missing_foreign_and_replayed_credentials_are_refused(kernel, tmp
         ]
         for cred in attempts:
             with pytest.raises(SyscallRejected):
-                kernel.submit(MemorySyscall(request=MemoryRequest(op="list")), cred)
+                kernel.submit(MemorySyscall(request=dict(op="list")), cred)
         with pytest.raises(CredentialRejected):
             kernel.credential_for("mallory", "admin", by=Credential("kernel", "admin"))
     finally:
         other.shutdown()
     mallory = kernel.credential_for("mallory", by=kernel.owner)
     with pytest.raises(CredentialRejected, match="names agent 'alice'"):
-        kernel.submit(MemorySyscall(agent="alice", request=MemoryRequest(op="list")), mallory)
-    sc = kernel.submit(MemorySyscall(request=MemoryRequest(op="add", content="once")), mallory)
+        kernel.submit(MemorySyscall(agent="alice", request=dict(op="list")), mallory)
+    sc = kernel.submit(MemorySyscall(request=dict(op="add", content="once")), mallory)
     sc.wait(5)
     with pytest.raises(CredentialRejected, match="submitted already"):
         kernel.submit(sc, mallory)
@@ -144,9 +144,9 @@ def test_agent_code_holds_only_its_own_context(kernel):
         with pytest.raises(PermissionError):
             kernel.owner  # noqa: B018 - the attribute access is the attack
         with pytest.raises(CredentialRejected):
-            kernel.submit(MemorySyscall(agent="alice", request=MemoryRequest(op="list")), me)
+            kernel.submit(MemorySyscall(agent="alice", request=dict(op="list")), me)
         with pytest.raises(CredentialRejected):  # someone else's credential, even a valid one
-            kernel.submit(MemorySyscall(request=MemoryRequest(op="list")), bob_cred)
+            kernel.submit(MemorySyscall(request=dict(op="list")), bob_cred)
         with pytest.raises(CredentialRejected):
             kernel.credential_for("alice", by=me)
         with pytest.raises(PermissionError):

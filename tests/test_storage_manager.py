@@ -99,14 +99,14 @@ def test_reconcile_repairs_index(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, aios
-    from aios.kernel.storage import StorageSyscall, StorageRequest
+    from aios.kernel.storage import StorageSyscall
     k = aios.Kernel(data_dir=sys.argv[1], embedder="hash")
     w = k.credential_for("w", by=k.owner)
     i = 0
     while True:
-        k.syscall(StorageSyscall(request=StorageRequest(op="put", key=f"k{i}", content=f"value {i}")), w)
+        k.syscall(StorageSyscall(request=dict(op="put", key=f"k{i}", content=f"value {i}")), w)
         if i % 3 == 0:  # some updates too, so versions matter
-            k.syscall(StorageSyscall(request=StorageRequest(op="put", key=f"k{i}", content=f"value {i} v2")), w)
+            k.syscall(StorageSyscall(request=dict(op="put", key=f"k{i}", content=f"value {i} v2")), w)
         print(i, flush=True)  # acknowledged
         i += 1
     """
@@ -257,5 +257,36 @@ def test_lazily_built_llm_core_gets_the_retriever(tmp_path, monkeypatch):
     k = make_kernel(tmp_path)
     try:
         assert k.llm.retriever == k.modules["storage"].retrieve
+    finally:
+        k.shutdown()
+
+
+def test_per_agent_quotas_on_bytes_and_objects(tmp_path):
+    k = make_kernel(tmp_path, storage_quota_mb=4096 / (1 << 20), storage_quota_objects=3)  # 4 KiB, 3 objects
+    try:
+        st = k.modules["storage"]
+        with aios.agent_context(k, "hog"):
+            aios.storage_put("a", "x" * 1000)
+            aios.file_write("f.txt", "y" * 1000)
+            aios.storage_put("a", "z" * 1500)  # a replacement is charged the difference only
+            with pytest.raises(SyscallFailed) as ei:
+                aios.storage_put("b", "w" * 2000)  # bytes
+            assert ei.value.error.type == "QuotaExceeded"
+            aios.storage_put("b", "small")
+            with pytest.raises(SyscallFailed) as ei:
+                aios.file_write("g.txt", "1")  # objects: a, f.txt, b
+            assert ei.value.error.type == "QuotaExceeded"
+            with pytest.raises(SyscallFailed) as ei:
+                aios.log_append("L" * 3000)  # logs count against the bytes
+            assert ei.value.error.type == "QuotaExceeded"
+            aios.storage_delete("b")
+            aios.file_write("g.txt", "1")  # room again after a delete
+        used_bytes, objects = st.usage("hog")
+        assert objects == 3 and used_bytes <= 4096
+        assert {i["key"] for i in st.list("hog")} == {"a"} and st.get("hog", "a")["content"] == "z" * 1500
+        assert {f["path"] for f in st.file_list("hog")} == {"f.txt", "g.txt"}
+        with aios.agent_context(k, "other"):  # quotas are per agent
+            aios.storage_put("a", "x" * 3000)
+        assert st.usage("other")[1] == 1
     finally:
         k.shutdown()

@@ -30,9 +30,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from aios.kernel.identity import GROUPS, Group, IdentityRegistry
 from aios.kernel.syscall import LLMSyscall, Syscall
@@ -60,39 +60,63 @@ class Resource:
 # ---------------------------------------------------------------------------------------------
 
 
-class AccessRequest(BaseModel):
-    """Grant, revoke, group changes and audit queries.
-
-    For grant/revoke/check: ``kind``, ``owner`` (the caller when omitted; for tools, the tool's
-    owner is looked up), ``name`` (``*`` for a whole namespace), ``operation`` and ``grantee``.
-    """
+class _ResourceOp(BaseModel):
+    """A resource ``kind:owner/name`` and an operation. ``owner``: the caller when omitted (for
+    tools, the tool's owner is looked up); ``name``: ``*`` for a whole namespace."""
 
     model_config = ConfigDict(extra="forbid")
-
-    op: Literal["grant", "revoke", "check", "grants", "set_group", "whoami", "audit"]
-    kind: ResourceKind | None = None
+    kind: ResourceKind
     owner: str | None = Field(None, min_length=1, max_length=128)
     name: str = Field("*", min_length=1, max_length=1024)
-    operation: Operation | None = None
+    operation: Operation
+
+
+class Grant(_ResourceOp):
+    op: Literal["grant"] = "grant"
+    grantee: str = Field(min_length=1, max_length=128)
+
+
+class Revoke(_ResourceOp):
+    op: Literal["revoke"] = "revoke"
+    grantee: str = Field(min_length=1, max_length=128)
+
+
+class Check(_ResourceOp):
+    """May ``grantee`` (the caller when omitted; others: admins only) do it?"""
+
+    op: Literal["check"] = "check"
     grantee: str | None = Field(None, min_length=1, max_length=128)
-    group: Group | None = None
-    # audit filters
+
+
+class ListGrants(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["grants"] = "grants"
+
+
+class SetGroup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["set_group"] = "set_group"
+    grantee: str = Field(min_length=1, max_length=128, description="the agent")
+    group: Group
+
+
+class WhoAmI(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["whoami"] = "whoami"
+
+
+class AuditQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["audit"] = "audit"
     agent: str | None = Field(None, max_length=128)
     outcome: Literal["allowed", "denied"] | None = None
     since: float | None = None
     limit: int = Field(1000, ge=1, le=100_000)
 
-    @model_validator(mode="after")
-    def _check(self) -> AccessRequest:
-        if self.op in ("grant", "revoke") and (
-            self.kind is None or self.operation is None or self.grantee is None
-        ):
-            raise ValueError(f"access op {self.op!r} needs kind, operation and grantee")
-        if self.op == "check" and (self.kind is None or self.operation is None):
-            raise ValueError("access op 'check' needs kind and operation")
-        if self.op == "set_group" and (self.grantee is None or self.group is None):
-            raise ValueError("access op 'set_group' needs grantee (the agent) and group")
-        return self
+
+AccessRequest = Annotated[
+    Grant | Revoke | Check | ListGrants | SetGroup | WhoAmI | AuditQuery, Field(discriminator="op")
+]
 
 
 class AccessSyscall(Syscall):
@@ -355,26 +379,26 @@ class AccessManager:
     def handle(self, syscall: AccessSyscall) -> Any:
         """Access syscalls check their own rights (grant needs ownership, audit needs admin)."""
         r, me = syscall.request, syscall.agent
-        res = Resource(r.kind, r.owner or me, r.name) if r.kind else None
-        match r.op:
-            case "grant":
+        res = Resource(r.kind, r.owner or me, r.name) if isinstance(r, _ResourceOp) else None
+        match r:
+            case Grant():
                 return self.grant(me, res, r.operation, r.grantee, syscall.id)
-            case "revoke":
+            case Revoke():
                 return self.revoke(me, res, r.operation, r.grantee, syscall.id)
-            case "check":
+            case Check():
                 who = r.grantee or me
                 if who != me and self.group(me) != "admin":  # answers only about the asking agent
                     self._audit(me, "check", str(res), r.operation, "denied", f"about {who}: not admin", syscall.id)
                     raise AccessDenied("only admins may ask about another agent's access")
                 self._audit(me, "check", str(res), r.operation, "allowed", "", syscall.id)
                 return self._decide(who, res, r.operation)[0]
-            case "grants":
+            case ListGrants():
                 self._audit(me, "grants", f"grants:{me}", "read", "allowed", "", syscall.id)
                 return self.grants(me)
-            case "whoami":
+            case WhoAmI():
                 self._audit(me, "whoami", f"agent:{me}", "read", "allowed", "", syscall.id)
                 return {"agent": me, "group": self.group(me)}
-            case "set_group":
+            case SetGroup():
                 if self.group(me) != "admin":
                     self._audit(
                         me, "set_group", f"agent:{r.grantee}", r.group, "denied", "not admin", syscall.id
@@ -382,13 +406,13 @@ class AccessManager:
                     raise AccessDenied("only admins may change groups")
                 self.set_group(r.grantee, r.group, by=me, syscall_id=syscall.id)
                 return True
-            case "audit":
+            case AuditQuery():
                 if self.group(me) != "admin":
                     self._audit(me, "audit", "audit:*", "read", "denied", "not admin", syscall.id)
                     raise AccessDenied("only admins may read the audit log")
                 self._audit(me, "audit", "audit:*", "read", "allowed", "", syscall.id)
                 return self.audit_log(agent=r.agent, outcome=r.outcome, since=r.since, limit=r.limit)
-        raise ValueError(f"unknown op {r.op!r}")  # pragma: no cover
+        raise ValueError(f"unknown request {type(r).__name__}")  # pragma: no cover
 
     def close(self) -> None:
         with self._lock:

@@ -56,6 +56,8 @@ class KernelConfig(BaseModel):
         "minilm", description="'minilm' (offline all-MiniLM-L6-v2) or 'hash[:dim]' (tests only)"
     )
     memory_quota_kb: int = Field(1024, ge=1, description="per-agent memory quota")
+    storage_quota_mb: float = Field(64, gt=0, description="per-agent storage quota: items, files and logs")
+    storage_quota_objects: int = Field(10_000, ge=1, description="per-agent storage quota: items + files")
     memory_budget_mb: float = Field(
         64, gt=0, description="resident agent memory, kernel-wide; past it, LRU items go to storage"
     )

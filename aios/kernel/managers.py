@@ -26,7 +26,13 @@ from aios.kernel.tools import Tool, ToolManager, ToolSyscall, install_builtins
 
 def install_managers(kernel: Any) -> None:
     cfg = kernel.config
-    storage = StorageManager(cfg.data_dir, url=cfg.storage_url, embedder=make_embedder(cfg.embedder))
+    storage = StorageManager(
+        cfg.data_dir,
+        url=cfg.storage_url,
+        embedder=make_embedder(cfg.embedder),
+        quota_bytes=int(cfg.storage_quota_mb * (1 << 20)),
+        quota_objects=cfg.storage_quota_objects,
+    )
     memory = MemoryManager(
         storage, quota_bytes=cfg.memory_quota_kb * 1024, budget_bytes=int(cfg.memory_budget_mb * (1 << 20))
     )

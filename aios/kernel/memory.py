@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,39 +53,76 @@ class MemoryNotFound(MemoryManagerError):
 # Syscall
 # ---------------------------------------------------------------------------------------------
 
-MemoryOp = Literal["add", "get", "update", "delete", "list", "search", "persist", "release", "usage"]
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "add": ("content",),
-    "get": ("id",),
-    "update": ("id",),
-    "delete": ("id",),
-    "search": ("query",),
-}
-
-
-class MemoryRequest(BaseModel):
-    """One memory operation. ``owner`` is the namespace (the caller's own when omitted)."""
+class _MemoryOp(BaseModel):
+    """Fields every memory request has. ``owner`` is the namespace (the caller's own when omitted)."""
 
     model_config = ConfigDict(extra="forbid")
-
-    op: MemoryOp
     owner: str | None = Field(None, min_length=1, max_length=128)
-    id: str | None = Field(None, min_length=1, max_length=64)
-    content: str | None = Field(None, max_length=1 << 20)
-    metadata: dict[str, MetaValue] | None = Field(None, max_length=64)
-    query: str | None = Field(None, min_length=1, max_length=8192)
-    k: int = Field(5, ge=1, le=50)
-    limit: int = Field(100, ge=1, le=10_000)
-    persist: bool = True
+
+
+_Id = Annotated[str, Field(min_length=1, max_length=64)]
+_Content = Annotated[str, Field(max_length=1 << 20)]
+_Meta = Annotated[dict[str, MetaValue], Field(max_length=64)]
+
+
+class AddMemory(_MemoryOp):
+    op: Literal["add"] = "add"
+    content: _Content
+    metadata: _Meta | None = None
+
+
+class GetMemory(_MemoryOp):
+    op: Literal["get"] = "get"
+    id: _Id
+
+
+class UpdateMemory(_MemoryOp):
+    op: Literal["update"] = "update"
+    id: _Id
+    content: _Content | None = None
+    metadata: _Meta | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> MemoryRequest:
-        missing = [f for f in _NEEDS.get(self.op, ()) if getattr(self, f) is None]
-        if missing:
-            raise ValueError(f"memory op {self.op!r} needs {', '.join(missing)}")
-        if self.op == "update" and self.content is None and self.metadata is None:
+    def _check(self) -> UpdateMemory:
+        if self.content is None and self.metadata is None:
             raise ValueError("memory op 'update' needs content or metadata")
         return self
+
+
+class DeleteMemory(_MemoryOp):
+    op: Literal["delete"] = "delete"
+    id: _Id
+
+
+class ListMemory(_MemoryOp):
+    op: Literal["list"] = "list"
+    limit: int = Field(100, ge=1, le=10_000)
+
+
+class SearchMemory(_MemoryOp):
+    op: Literal["search"] = "search"
+    query: str = Field(min_length=1, max_length=8192)
+    k: int = Field(5, ge=1, le=50)
+
+
+class PersistMemory(_MemoryOp):
+    op: Literal["persist"] = "persist"
+    persist: bool = True
+
+
+class ReleaseMemory(_MemoryOp):
+    op: Literal["release"] = "release"
+
+
+class MemoryUsage(_MemoryOp):
+    op: Literal["usage"] = "usage"
+
+
+MemoryRequest = Annotated[
+    AddMemory | GetMemory | UpdateMemory | DeleteMemory | ListMemory | SearchMemory | PersistMemory
+    | ReleaseMemory | MemoryUsage,
+    Field(discriminator="op"),
+]  # fmt: skip
 
 
 class MemorySyscall(Syscall):
@@ -337,34 +374,35 @@ class MemoryManager:
     def resources(syscall: MemorySyscall) -> list[tuple[Resource, str]]:
         r = syscall.request
         ns = r.owner or syscall.agent
-        if r.op == "get":
-            return [(Resource("memory", ns, r.id), "read")]
-        if r.op in ("update", "delete"):
-            return [(Resource("memory", ns, r.id), "write")]
-        if r.op in ("list", "search", "usage"):
-            return [(Resource("memory", ns, "*"), "read")]
+        match r:
+            case GetMemory():
+                return [(Resource("memory", ns, r.id), "read")]
+            case UpdateMemory() | DeleteMemory():
+                return [(Resource("memory", ns, r.id), "write")]
+            case ListMemory() | SearchMemory() | MemoryUsage():
+                return [(Resource("memory", ns, "*"), "read")]
         return [(Resource("memory", ns, "*"), "write")]  # add, persist, release
 
     def handle(self, syscall: MemorySyscall) -> Any:
         r = syscall.request
         ns = r.owner or syscall.agent
-        match r.op:
-            case "add":
+        match r:
+            case AddMemory():
                 return self.add(ns, r.content, r.metadata)
-            case "get":
+            case GetMemory():
                 return self.get(ns, r.id)
-            case "update":
+            case UpdateMemory():
                 return self.update(ns, r.id, r.content, r.metadata)
-            case "delete":
+            case DeleteMemory():
                 return self.delete(ns, r.id)
-            case "list":
+            case ListMemory():
                 return self.list(ns, r.limit)
-            case "search":
+            case SearchMemory():
                 return self.search(ns, r.query, r.k)
-            case "persist":
+            case PersistMemory():
                 return self.set_persist(ns, r.persist)
-            case "release":
+            case ReleaseMemory():
                 return self.release(ns)
-            case "usage":
+            case MemoryUsage():
                 return self.usage(ns)
-        raise MemoryManagerError(f"unknown op {r.op!r}")  # pragma: no cover
+        raise MemoryManagerError(f"unknown request {type(r).__name__}")  # pragma: no cover

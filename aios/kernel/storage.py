@@ -41,13 +41,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from aios.kernel.access import Resource
 from aios.kernel.embedding import Embedder, make_embedder
+from aios.kernel.storage_quota import QuotaExceeded as QuotaExceeded  # re-exported for callers
+from aios.kernel.storage_quota import StorageQuota
 from aios.kernel.syscall import Syscall
 
 MAX_CONTENT = 1 << 20  # 1 MiB per item or file: larger things do not belong in an agent's context
@@ -72,54 +74,91 @@ class InvalidPath(StorageError):
 # Syscall
 # ---------------------------------------------------------------------------------------------
 
-StorageOp = Literal[
-    "put",
-    "get",
-    "delete",
-    "list",
-    "search",
-    "file_write",
-    "file_read",
-    "file_list",
-    "file_delete",
-    "log_append",
-    "log_read",
-]
-_NEEDS: dict[str, tuple[str, ...]] = {
-    "put": ("key", "content"),
-    "get": ("key",),
-    "delete": ("key",),
-    "search": ("query",),
-    "file_write": ("path", "content"),
-    "file_read": ("path",),
-    "file_delete": ("path",),
-    "log_append": ("content",),
-}
-
-
-class StorageRequest(BaseModel):
-    """One storage operation. ``owner`` is the namespace (the caller's own when omitted)."""
+class _StorageOp(BaseModel):
+    """Fields every storage request has. ``owner`` is the namespace (the caller's own when omitted)."""
 
     model_config = ConfigDict(extra="forbid")
-
-    op: StorageOp
     owner: str | None = Field(None, min_length=1, max_length=128)
-    key: str | None = Field(None, min_length=1, max_length=512)
-    content: str | None = Field(None, max_length=2 * MAX_CONTENT)
-    metadata: dict[str, MetaValue] = Field(default_factory=dict, max_length=64)
-    query: str | None = Field(None, min_length=1, max_length=8192)
-    k: int = Field(5, ge=1, le=50)
-    path: str | None = Field(None, min_length=1, max_length=1024)
-    encoding: Literal["utf-8", "base64"] = "utf-8"
-    prefix: str = Field("", max_length=512)
-    limit: int = Field(100, ge=1, le=10_000)
 
-    @model_validator(mode="after")
-    def _check(self) -> StorageRequest:
-        missing = [f for f in _NEEDS.get(self.op, ()) if getattr(self, f) is None]
-        if missing:
-            raise ValueError(f"storage op {self.op!r} needs {', '.join(missing)}")
-        return self
+
+_Key = Annotated[str, Field(min_length=1, max_length=512)]
+_Path = Annotated[str, Field(min_length=1, max_length=1024)]
+_Content = Annotated[str, Field(max_length=2 * MAX_CONTENT)]
+_Prefix = Annotated[str, Field(max_length=512)]
+_Limit = Annotated[int, Field(ge=1, le=10_000)]
+_Encoding = Literal["utf-8", "base64"]
+
+
+class PutItem(_StorageOp):
+    op: Literal["put"] = "put"
+    key: _Key
+    content: _Content
+    metadata: dict[str, MetaValue] = Field(default_factory=dict, max_length=64)
+
+
+class GetItem(_StorageOp):
+    op: Literal["get"] = "get"
+    key: _Key
+
+
+class DeleteItem(_StorageOp):
+    op: Literal["delete"] = "delete"
+    key: _Key
+
+
+class ListItems(_StorageOp):
+    op: Literal["list"] = "list"
+    prefix: _Prefix = ""
+    limit: _Limit = 100
+
+
+class SearchItems(_StorageOp):
+    op: Literal["search"] = "search"
+    query: str = Field(min_length=1, max_length=8192)
+    k: int = Field(5, ge=1, le=50)
+    prefix: _Prefix = ""
+
+
+class FileWrite(_StorageOp):
+    op: Literal["file_write"] = "file_write"
+    path: _Path
+    content: _Content
+    encoding: _Encoding = "utf-8"
+
+
+class FileRead(_StorageOp):
+    op: Literal["file_read"] = "file_read"
+    path: _Path
+    encoding: _Encoding = "utf-8"
+
+
+class FileList(_StorageOp):
+    op: Literal["file_list"] = "file_list"
+    prefix: _Prefix = ""
+    limit: _Limit = 100
+
+
+class FileDelete(_StorageOp):
+    op: Literal["file_delete"] = "file_delete"
+    path: _Path
+
+
+class LogAppend(_StorageOp):
+    op: Literal["log_append"] = "log_append"
+    content: _Content
+    event: str = Field("note", min_length=1, max_length=128)
+
+
+class LogRead(_StorageOp):
+    op: Literal["log_read"] = "log_read"
+    limit: _Limit = 100
+
+
+StorageRequest = Annotated[
+    PutItem | GetItem | DeleteItem | ListItems | SearchItems | FileWrite | FileRead | FileList | FileDelete
+    | LogAppend | LogRead,
+    Field(discriminator="op"),
+]  # fmt: skip
 
 
 class StorageSyscall(Syscall):
@@ -193,6 +232,8 @@ class StorageManager:
         *,
         url: str | None = None,
         embedder: Embedder | None = None,
+        quota_bytes: int = 64 << 20,
+        quota_objects: int = 10_000,
     ):
         self._tmp = data_dir is None
         self.data_dir = (
@@ -219,6 +260,7 @@ class StorageManager:
         self._wqueue: list[_Write] = []
         self._writing = False
         self._closed = False
+        self.quota = StorageQuota(self.usage, max_bytes=quota_bytes, max_objects=quota_objects)
 
     # -- plumbing ---------------------------------------------------------------------------------
     @contextmanager
@@ -586,6 +628,29 @@ class StorageManager:
         with self._tx() as db:
             return db.execute("DELETE FROM memory_swap WHERE agent = ?", (agent,)).rowcount
 
+    # -- quotas -----------------------------------------------------------------------------------
+    def usage(self, agent: str) -> tuple[int, int]:
+        """(bytes, objects) ``agent`` stores: items (content + metadata), files and logs; items + files."""
+        row = self._query(
+            "SELECT (SELECT COALESCE(SUM(LENGTH(CAST(content AS BLOB)) + LENGTH(CAST(metadata AS BLOB))), 0) "
+            "FROM items WHERE agent = ?1), (SELECT COALESCE(SUM(size), 0) FROM files WHERE agent = ?1), "
+            "(SELECT COALESCE(SUM(LENGTH(CAST(data AS BLOB))), 0) FROM logs WHERE agent = ?1), "
+            "(SELECT COUNT(*) FROM items WHERE agent = ?1), (SELECT COUNT(*) FROM files WHERE agent = ?1)",
+            (agent,),
+        )[0]
+        return row[0] + row[1] + row[2], row[3] + row[4]
+
+    def _item_size(self, agent: str, key: str) -> int | None:
+        rows = self._query(
+            "SELECT LENGTH(CAST(content AS BLOB)) + LENGTH(CAST(metadata AS BLOB)) FROM items WHERE agent = ? AND key = ?",
+            (agent, key),
+        )
+        return rows[0][0] if rows else None
+
+    def _file_size(self, agent: str, path: str) -> int | None:
+        rows = self._query("SELECT size FROM files WHERE agent = ? AND path = ?", (agent, path))
+        return rows[0][0] if rows else None
+
     # -- syscalls ---------------------------------------------------------------------------------
     @staticmethod
     def namespace(syscall: StorageSyscall) -> str:
@@ -596,51 +661,50 @@ class StorageManager:
         """What a storage syscall touches, as (resource, operation) pairs for the access manager."""
         r = syscall.request
         ns = r.owner or syscall.agent
-        read, write = "read", "write"
-        match r.op:
-            case "put" | "delete":
-                return [(Resource("storage", ns, r.key), write)]
-            case "get":
-                return [(Resource("storage", ns, r.key), read)]
-            case "list" | "search":
-                return [(Resource("storage", ns, "*"), read)]
-            case "file_write" | "file_delete":
-                return [(Resource("file", ns, r.path), write)]
-            case "file_read":
-                return [(Resource("file", ns, r.path), read)]
-            case "file_list":
-                return [(Resource("file", ns, "*"), read)]
-            case "log_append":
-                return [(Resource("log", ns, "*"), write)]
-            case "log_read":
-                return [(Resource("log", ns, "*"), read)]
-        raise StorageError(f"unknown op {r.op!r}")  # pragma: no cover - pydantic forbids it
+        match r:
+            case PutItem() | DeleteItem():
+                return [(Resource("storage", ns, r.key), "write")]
+            case GetItem():
+                return [(Resource("storage", ns, r.key), "read")]
+            case ListItems() | SearchItems():
+                return [(Resource("storage", ns, "*"), "read")]
+            case FileWrite() | FileDelete():
+                return [(Resource("file", ns, r.path), "write")]
+            case FileRead():
+                return [(Resource("file", ns, r.path), "read")]
+            case FileList():
+                return [(Resource("file", ns, "*"), "read")]
+            case LogAppend():
+                return [(Resource("log", ns, "*"), "write")]
+            case LogRead():
+                return [(Resource("log", ns, "*"), "read")]
+        raise StorageError(f"unknown request {type(r).__name__}")  # pragma: no cover - pydantic forbids it
 
     def handle(self, syscall: StorageSyscall) -> Any:
         r = syscall.request
         ns = self.namespace(syscall)
-        match r.op:
-            case "put":
-                return self.put(ns, r.key, r.content, r.metadata)
-            case "get":
+        match r:
+            case PutItem():
+                size = len(r.content.encode()) + len(json.dumps(r.metadata).encode())
+                with self.quota.charging(ns, self._item_size(ns, r.key), size, 1):
+                    return self.put(ns, r.key, r.content, r.metadata)
+            case GetItem():
                 return self.get(ns, r.key)
-            case "delete":
+            case DeleteItem():
                 return self.delete(ns, r.key)
-            case "list":
+            case ListItems():
                 return self.list(ns, r.prefix, r.limit)
-            case "search":
+            case SearchItems():
                 return self.search(ns, r.query, r.k, r.prefix)
-            case "file_write":
+            case FileWrite():
                 try:
-                    data = (
-                        base64.b64decode(r.content, validate=True)
-                        if r.encoding == "base64"
-                        else r.content.encode()
-                    )
+                    data = base64.b64decode(r.content, validate=True) if r.encoding == "base64" else r.content.encode()
                 except ValueError as exc:
                     raise StorageError(f"content is not valid base64: {exc}") from exc
-                return self.file_write(ns, r.path, data)
-            case "file_read":
+                _, norm = self._resolve(ns, r.path)
+                with self.quota.charging(ns, self._file_size(ns, norm), len(data), 1):
+                    return self.file_write(ns, r.path, data)
+            case FileRead():
                 data = self.file_read(ns, r.path)
                 if r.encoding == "base64":
                     return base64.b64encode(data).decode()
@@ -648,15 +712,16 @@ class StorageManager:
                     return data.decode()
                 except UnicodeDecodeError as exc:
                     raise StorageError("file is not UTF-8 text: read it with encoding='base64'") from exc
-            case "file_list":
+            case FileList():
                 return self.file_list(ns, r.prefix, r.limit)
-            case "file_delete":
+            case FileDelete():
                 return self.file_delete(ns, r.path)
-            case "log_append":
-                return self.log_append(ns, r.key or "note", r.content)
-            case "log_read":
+            case LogAppend():
+                with self.quota.charging(ns, None, len(json.dumps(r.content).encode()), 0):
+                    return self.log_append(ns, r.event, r.content)
+            case LogRead():
                 return self.log_read(ns, r.limit)
-        raise StorageError(f"unknown op {r.op!r}")  # pragma: no cover
+        raise StorageError(f"unknown request {type(r).__name__}")  # pragma: no cover
 
     def close(self) -> None:
         with self._lock:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aios.kernel.access import AccessRequest, AccessSyscall
+from aios.kernel.access import AccessSyscall
 from aios.kernel.identity import IdentitySyscall
-from aios.kernel.memory import MemoryRequest, MemorySyscall
-from aios.kernel.storage import StorageRequest, StorageSyscall
+from aios.kernel.memory import MemorySyscall
+from aios.kernel.storage import StorageSyscall
 from aios.kernel.syscall import SyscallRejected, ToolCall
 from aios.kernel.tools import ToolSyscall, tool_result_message
 from aios.sdk.runtime import current
@@ -26,12 +26,12 @@ from aios.sdk.runtime import current
 
 def _memory(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(MemorySyscall(request=MemoryRequest(**req)), timeout)
+    return ctx.call(MemorySyscall(request=req), timeout)
 
 
 def _storage(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(StorageSyscall(request=StorageRequest(**req)), timeout)
+    return ctx.call(StorageSyscall(request=req), timeout)
 
 
 def _tool(timeout: float | None = None, **req: Any) -> Any:
@@ -41,7 +41,7 @@ def _tool(timeout: float | None = None, **req: Any) -> Any:
 
 def _access(timeout: float | None = None, **req: Any) -> Any:
     ctx = current()
-    return ctx.call(AccessSyscall(request=AccessRequest(**req)), timeout)
+    return ctx.call(AccessSyscall(request=req), timeout)
 
 
 # -- memory (short-term, freed when the agent exits) ---------------------------------------------
@@ -137,7 +137,7 @@ def storage_search(query: str, k: int = 5, prefix: str = "", *, owner: str | Non
 
 def log_append(content: str, event: str = "note") -> int:
     """Append to this agent's interaction log."""
-    return _storage(op="log_append", content=content, key=event)
+    return _storage(op="log_append", content=content, event=event)
 
 
 def log_read(limit: int = 100, *, owner: str | None = None) -> list[dict[str, Any]]:
