@@ -501,6 +501,10 @@ def _add_mcp(sub: Any) -> None:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
+    try:
+        import mcp  # noqa: F401  (the official SDK: an optional dependency)
+    except ImportError:
+        raise UsageError("`aios mcp` needs the mcp package: pip install 'aios[serve]'") from None
     from aios.sched_ext.mcp_server import serve_from_args
 
     return serve_from_args(args)
