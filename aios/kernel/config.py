@@ -45,6 +45,11 @@ class KernelConfig(BaseModel):
         2048, ge=0, description="CPU memory for suspended KV caches; past it, disk"
     )
     spill_dir: Path | None = None
+    state_dir: Path | None = Field(
+        None,
+        description="durable state: LLM syscalls are journaled here and resume after a restart, even a "
+        "SIGKILL (see aios/kernel/journal.py); None keeps them in memory only",
+    )
     context_policy: Literal["truncate", "summarize"] = "truncate"
     data_dir: Path | None = Field(None, description="where storage lives; a temporary directory when None")
     cache_dir: Path | None = Field(None, description="model cache; ~/.cache/aios when None")

@@ -135,6 +135,7 @@ class ContextManager:
         self.stats = ContextStats()
         self._lock = threading.Lock()
         self._counter = 0
+        self.journal: Any = None  # a GenerationJournal: snapshots' non-KV half made durable (see journal)
 
     @property
     def spill_dir(self) -> Path:
@@ -232,7 +233,18 @@ class ContextManager:
                 self.stats.bytes_in_memory -= handle.nbytes
 
     # -- snapshots of sequences ----------------------------------------------------------------------------
+    def admitted(self, seq) -> None:
+        """A request became a sequence (prompt ids and seed fixed): journal it when durable."""
+        if self.journal is not None:
+            self.journal.admitted(seq)
+
     def snapshot(self, seq, kv_per_beam: list[KV], now: float = 0.0) -> Snapshot:
+        snap = self._snapshot(seq, kv_per_beam, now)
+        if self.journal is not None:
+            self.journal.suspended(seq, snap)
+        return snap
+
+    def _snapshot(self, seq, kv_per_beam: list[KV], now: float = 0.0) -> Snapshot:
         gen_state = seq.generator.get_state() if seq.generator is not None else None
         return Snapshot(
             prompt_ids=list(seq.prompt_ids),

@@ -168,6 +168,13 @@ class LLMEngine:
             seq.generator = torch.Generator(device="cpu").manual_seed(seq.seed)
         if req.choices:
             seq.choice_trie = self.sampler.choice_trie(req.choices)
+        self.ctx.admitted(seq)  # durable state (a kernel with a journal): prompt ids and seed are fixed now
+        with self._lock:
+            self._inbox.append(seq)
+
+    def resubmit(self, seq: Sequence) -> None:
+        """Take back a sequence rebuilt from the journal after a restart (waiting, or suspended with
+        its KV lost: the resume recomputes it from tokens)."""
         with self._lock:
             self._inbox.append(seq)
 

@@ -74,6 +74,12 @@ class Kernel:
         self.identities: IdentityRegistry  # set by the access manager's installation
         self._install_modules()
         self._owner = self.identities.issue("kernel", "admin")
+        self.journal: Any = None  # a GenerationJournal when the kernel has a state directory
+        if self.config.state_dir is not None:
+            from aios.kernel.journal import GenerationJournal
+
+            self.journal = GenerationJournal(self.config.state_dir)
+            self.journal.recover(self)  # generations a previous process left unfinished
 
     # -- modules ---------------------------------------------------------------------------------
     def _install_modules(self) -> None:
@@ -184,6 +190,9 @@ class Kernel:
         if syscall.kind == LLMSyscall.kind:
             if self._refused(syscall):
                 return syscall
+            if self.journal is not None:  # durable before submit returns: acknowledged means kept
+                self.journal.attach(self.llm)
+                self.journal.submitted(syscall)
             self.llm.add(syscall)
             with self._wake:
                 self._wake.notify_all()
@@ -225,6 +234,34 @@ class Kernel:
                 if (agent is None or s.agent == agent) and (kind is None or s.kind == kind)
             ]
 
+    def adopt(self, syscall: Syscall) -> None:
+        """Record a syscall the kernel resubmitted itself (a journaled generation after a restart)."""
+        with self._history_lock:
+            self._history.append(syscall)
+        with self._wake:
+            self._wake.notify_all()
+
+    def collect(self, syscall_id: str, credential: Credential | None = None, timeout: float | None = None) -> Any:
+        """The result of an LLM syscall by id, for its own agent (or an admin): one in flight or
+        resumed after a restart is waited for; one that finished before a restart comes from the
+        journal. Raises ``SyscallFailed`` for a failed one, ``KeyError`` for an unknown id."""
+        cred = credential or acting() or self._owner
+        why = self.identities.verify(cred)
+        live = next((s for s in self.history(kind=LLMSyscall.kind) if s.id == syscall_id), None)
+        row = self.journal.row(syscall_id) if live is None and self.journal is not None else None
+        owner = live.agent if live is not None else (row["agent"] if row else None)
+        if owner is None:
+            raise KeyError(f"no LLM syscall {syscall_id!r}")
+        if why is None and cred.agent != owner and cred.group != "admin":
+            why = f"syscall {syscall_id} belongs to {owner!r}"
+        if why is not None:
+            raise self.identities.refuse(cred, f"collect: {why}", syscall_id)
+        if live is not None:
+            return live.wait(timeout)
+        from aios.kernel.journal import finished_syscall
+
+        return finished_syscall(row).wait(0)
+
     def cancel_agent(self, agent: str, since: float = 0.0, reason: str = "the agent exited") -> int:
         """Cancel ``agent``'s unfinished syscalls created at or after ``since`` (an agent that died or
         returned leaves nobody to wait for them); returns how many. The LLM core frees their rows."""
@@ -265,6 +302,8 @@ class Kernel:
             close = getattr(module, "close", None)
             if close is not None:
                 close()
+        if self.journal is not None:
+            self.journal.close()
 
     def __enter__(self) -> Kernel:
         return self
