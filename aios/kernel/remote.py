@@ -19,6 +19,11 @@ Why this shape
   * seeded sampling does not continue the same random stream; beam search and constrained
     ``choices`` are not offered remotely (the request fails with ``Unsupported``);
   * the prefix is recomputed on resume unless the server caches prefixes (vLLM, SGLang do).
+- Priorities travel with the request: a non-zero ``request.priority`` is sent as the body's
+  ``priority`` field (vLLM's extension; lower is served first, as in aios). The kernel's policy
+  decides which requests hold rows; a server started with ``--scheduling-policy priority`` then
+  also orders what it runs by the same numbers (vLLM rejects a non-zero priority when started
+  with its default FCFS policy: pass ``send_priority=False`` for such a server).
 - Two ways to talk to the server. **completions** (the default when we can load the model's
   tokenizer locally): we render the chat template ourselves and use ``/v1/completions`` with a raw
   prompt, so prompt + partial text is exactly the text the model saw. **chat** (no local
@@ -112,8 +117,10 @@ class RemoteLLMCore:
         client: httpx.Client | None = None,
         timeout: float = 600.0,
         api_key: str | None = None,
+        send_priority: bool = True,
     ):
         self.config = config
+        self.send_priority = send_priority
         self.base_url, self.model = parse_remote_model(config.model)
         if mode not in {"auto", "completions", "chat"}:
             raise ValueError("mode must be auto, completions or chat")
@@ -231,6 +238,8 @@ class RemoteLLMCore:
             body["top_k"] = req.top_k
         if req.stop:
             body["stop"] = req.stop
+        if self.send_priority and req.priority:
+            body["priority"] = req.priority
         if self.mode == "completions":
             body["prompt"] = st.prompt + st.text
             return "/completions", body
