@@ -50,6 +50,16 @@ class KernelConfig(BaseModel):
         description="durable state: LLM syscalls are journaled here and resume after a restart, even a "
         "SIGKILL (see aios/kernel/journal.py); None keeps them in memory only",
     )
+    kv_reuse: bool = Field(
+        True,
+        description="keep each agent's prompt KV after a call; its next call that starts with the same "
+        "tokens prefills only the rest (never across agents; outputs unchanged)",
+    )
+    kv_retain_mb: float = Field(1024, ge=0, description="memory for retained conversation KV; past it, disk")
+    kv_retain_disk_mb: float = Field(4096, ge=0, description="disk for retained conversation KV; past it, dropped")
+    kv_retain_s: float = Field(
+        600, gt=0, description="retained conversation KV idle this long is dropped (an agent that never returns)"
+    )
     context_policy: Literal["truncate", "summarize"] = "truncate"
     data_dir: Path | None = Field(None, description="where storage lives; a temporary directory when None")
     cache_dir: Path | None = Field(None, description="model cache; ~/.cache/aios when None")

@@ -146,13 +146,14 @@ class ContextManager:
         return self._spill_dir
 
     # -- KV storage ------------------------------------------------------------------------------------
-    def store(self, kv_per_beam: list[KV]) -> KVHandle:
+    def store(self, kv_per_beam: list[KV], to_disk: bool = False) -> KVHandle:
+        """Keep KV: in memory while within the budget (unless ``to_disk``), else spilled to disk."""
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for kv in kv_per_beam for k, v in kv)
         n_layers = len(kv_per_beam[0])
         with self._lock:
             self.stats.snapshots += 1
             self.stats.snapshot_bytes_total += nbytes
-            if self.stats.bytes_in_memory + nbytes <= self.budget:
+            if not to_disk and self.stats.bytes_in_memory + nbytes <= self.budget:
                 self.stats.bytes_in_memory += nbytes
                 self.stats.peak_bytes_in_memory = max(self.stats.peak_bytes_in_memory, self.stats.bytes_in_memory)
                 loc = "device" if self.device.type == "cpu" else "cpu"

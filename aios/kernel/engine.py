@@ -38,6 +38,7 @@ from aios.kernel.config import KernelConfig
 from aios.kernel.context import ContextManager, ContextTooLong, SnapshotLost, fit_prompt
 from aios.kernel.faults import require_finite, run_isolated
 from aios.kernel.model_runner import Chunk, ModelRunner
+from aios.kernel.prefix_cache import PrefixCache
 from aios.kernel.prompts import Prompts, Retriever, eos_ids, message_dicts
 from aios.kernel.recompute import recompute_kv
 from aios.kernel.sampler import Sampler
@@ -58,7 +59,8 @@ class EngineStats:
     decode_steps: int = 0
     decode_rows: int = 0  # real rows over all decode steps
     rows_hist: dict[int, int] = field(default_factory=dict)
-    prefill_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed
+    prefill_reused_tokens: int = 0  # prompt tokens whose KV came from the agent's earlier call
     generated_tokens: int = 0
     busy_s: float = 0.0
     decode_s: float = 0.0  # forwards with decode rows only
@@ -111,6 +113,14 @@ class LLMEngine:
         self.policy = make_policy(self.config.scheduler, self.config.quantum, self.config.aging, self.config.max_wait)
         self.scheduler = Scheduler(self.policy, self.config.max_batch_size, self.config.max_batch_tokens)
         self.ctx = ContextManager(self.config.kv_memory_budget_mb, self.config.spill_dir, device=self.runner.device)
+        self.prefix: PrefixCache | None = None  # conversation KV reuse; exact only on a row-invariant runner
+        if self.config.kv_reuse and self.config.batch_invariant and not self.runner.fixed_rows:
+            self.prefix = PrefixCache(
+                memory_mb=self.config.kv_retain_mb,
+                disk_mb=self.config.kv_retain_disk_mb,
+                ttl_s=self.config.kv_retain_s,
+                spill_dir=str(self.config.spill_dir) if self.config.spill_dir else None,
+            )
         self.eos_ids = eos_ids(model, tokenizer)
         self.prompts = Prompts(tokenizer, self.eos_ids, self.window)
         self.sampler = Sampler(tokenizer, self.eos_ids, self.window, self.runner.cache.copy_slots)
@@ -205,6 +215,13 @@ class LLMEngine:
         for seq in pending + list(self.scheduler.running) + list(self.scheduler.ready):
             self._fail(seq, "KernelShutdown", "the engine was closed before this request finished")
         self.ctx.close()
+        if self.prefix is not None:
+            self.prefix.close()
+
+    def agent_exited(self, agent: str) -> None:
+        """The agent's run is over: its retained conversation KV is the first to go (any thread)."""
+        if self.prefix is not None:
+            self.prefix.agent_exited(agent)
 
     # ------------------------------------------------------------------------------------------------
     # the step
@@ -251,7 +268,8 @@ class LLMEngine:
         for seq in admit:
             self._guard(seq, self._admit)
             if seq.slots:
-                work.append(Work(seq, [Chunk(seq.slots[0], seq.prompt_ids, 0)], True))
+                n = seq.prefix_reused
+                work.append(Work(seq, [Chunk(seq.slots[0], seq.prompt_ids[n:], n)], True))
         return work
 
     def _guard(self, seq: Sequence, fn) -> None:
@@ -294,6 +312,10 @@ class LLMEngine:
         seq.slots = self.runner.alloc(seq.num_rows)
         seq.status = SeqStatus.RUNNING
         seq.syscall.mark_running()
+        hit = self.prefix.take(seq.agent, seq.prompt_ids) if self.prefix is not None else None
+        if hit is not None:  # the agent's earlier call computed this prefix: write it, prefill the rest
+            seq.prefix_reused, kv = hit
+            self.runner.cache.write(seq.slots[0], kv)
 
     def _forward(self, work: list[Work]) -> list[torch.Tensor | None]:
         """Logits per work item (rows = its chunks); ``None`` for an item whose forward failed (it is failed)."""
@@ -307,7 +329,8 @@ class LLMEngine:
             log.exception("a forward of %d sequences failed; retrying each alone", len(work))
             out = run_isolated(self.runner, [(w.seq, w.chunks) for w in work], self._fail)
         dt = time.perf_counter() - t0
-        n_prefill = sum(len(w.seq.prompt_ids) for w in work if w.prefill)
+        n_prefill = sum(len(w.chunks[0].ids) for w in work if w.prefill)
+        self._stats.prefill_reused_tokens += sum(w.seq.prefix_reused for w in work if w.prefill)
         rows = sum(len(w.chunks) for w in work if not w.prefill)
         self._stats.prefill_tokens += n_prefill
         if n_prefill:
@@ -327,7 +350,8 @@ class LLMEngine:
             seq = w.seq
             try:
                 if w.prefill:
-                    seq.kv_len = seq.prefill_computed = len(seq.prompt_ids)
+                    seq.kv_len = len(seq.prompt_ids)
+                    seq.prefill_computed = seq.kv_len - seq.prefix_reused
                     self.sampler.start(seq)
                 else:
                     seq.kv_len += 1
@@ -345,6 +369,7 @@ class LLMEngine:
     # ------------------------------------------------------------------------------------------------
     def _finish(self, seq: Sequence, reason: str) -> None:
         resp = self.prompts.response(seq, reason)
+        self._retain(seq)
         self._release(seq)
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = resp.finish_reason
@@ -352,6 +377,16 @@ class LLMEngine:
         self._stats.completed += 1
         seq.syscall.complete(resp)
         self._record(seq)
+
+    def _retain(self, seq: Sequence) -> None:
+        """Keep the finished call's KV for its agent's next call (prompt and answer; beams: the prompt)."""
+        if self.prefix is None or not seq.slots:
+            return
+        tokens = list(seq.prompt_ids)
+        if seq.num_beams == 1:  # the KV holds every token but the last one sampled
+            tokens += seq.output_ids[0][: seq.kv_len - len(seq.prompt_ids)]
+        slot = seq.slots[0]
+        self.prefix.retain(seq.agent, tokens, lambda n: self.runner.cache.read(slot, n))
 
     def _release(self, seq: Sequence) -> None:
         if seq.slots:
@@ -397,6 +432,8 @@ class LLMEngine:
             "rows_per_decode_step": s.decode_rows / s.decode_steps if s.decode_steps else 0.0,
             "rows_hist": dict(sorted(s.rows_hist.items())),
             "prefill_tokens": s.prefill_tokens,
+            "prefill_reused_tokens": s.prefill_reused_tokens,
+            "prefix_cache": vars(self.prefix.stats).copy() if self.prefix is not None else None,
             "generated_tokens": s.generated_tokens,
             "busy_s": s.busy_s,
             "decode_s": s.decode_s,

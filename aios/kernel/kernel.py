@@ -266,6 +266,9 @@ class Kernel:
         """Cancel ``agent``'s unfinished syscalls created at or after ``since`` (an agent that died or
         returned leaves nobody to wait for them); returns how many. The LLM core frees their rows."""
         n = sum(s.cancel(reason) for s in self.history(agent=agent) if not s.finished and s.created_at >= since)
+        exited = getattr(self._llm, "agent_exited", None)
+        if exited is not None:  # its retained conversation KV goes first (prefix_cache)
+            exited(agent)
         if n:
             with self._wake:
                 self._wake.notify_all()

@@ -70,6 +70,7 @@ class Sequence:
     preemptions: int = 0
     predicted_tokens: int = 0  # SJF estimate of the completion length
     prefill_computed: int = 0  # prompt tokens whose KV this request's prefill computed (not reused)
+    prefix_reused: int = 0  # prompt tokens whose KV came from the agent's earlier call (prefix_cache)
 
     finish_reason: str | None = None
     context_actions: list[str] = field(default_factory=list)
