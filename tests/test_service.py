@@ -191,6 +191,15 @@ def test_authentication_attacks(served):
     r = oe.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2, user="alice")
     assert r.aios["agent"] == "eve"
 
+    # agent management is an admin syscall over the wire too: eve may not, the admin may
+    with pytest.raises(SyscallFailed) as exc:
+        eve.agent_add("mallory", "admin")
+    assert exc.value.error.type == "PermissionDenied"
+    with aios.connect(served.url, t["root"]) as root:
+        carol = root.agent_add("carol")["token"]
+    with aios.connect(served.url, carol) as conn:
+        assert (conn.agent, conn.group) == ("carol", "user")
+
     # revocation takes effect on the running server at once, and a replayed token stays dead
     assert aios_cli("agent", "revoke", "eve", "--data-dir", str(served.data_dir)).returncode == 0
     with pytest.raises(AuthenticationFailed):
@@ -243,6 +252,19 @@ def test_bad_bodies_get_clear_errors_and_the_kernel_keeps_serving(served):
         assert any(d.startswith(f"{status} {kind}") for d in details), (status, kind, details)
 
 
+def read_http_reply(sock: socket.socket) -> str:
+    """One whole HTTP reply (headers, then Content-Length bytes of body), however it is segmented."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def test_slow_and_vanishing_clients(served, model_dir):
     t = served.tokens["agent1"]
     host, port = served.url.removeprefix("http://").split(":")
@@ -253,15 +275,15 @@ def test_slow_and_vanishing_clients(served, model_dir):
     # ... while it stalls, the kernel serves everyone else
     with aios.connect(served.url, served.tokens["agent2"]) as other:
         assert other.chat("still serving?", max_new_tokens=4).response.completion_tokens == 4
-    reply = slow.recv(65536).decode()
+    reply = read_http_reply(slow)
     slow.close()
-    assert reply.startswith("HTTP/1.1 408") and "RequestTimeout" in reply
+    assert reply.startswith("HTTP/1.1 408") and "RequestTimeout" in reply, reply
 
     # a client that leaves mid-stream: the syscall it started still runs to the end
     with httpx.stream("POST", served.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {t}"},
                       json={"model": model_dir.name,
                             "messages": [{"role": "user", "content": "a long story"}],
-                            "max_tokens": 300, "stream": True}, timeout=GUARD_S) as resp:  # fmt: skip
+                            "max_tokens": 450, "stream": True}, timeout=GUARD_S) as resp:  # fmt: skip
         assert resp.status_code == 200
         first = next(resp.iter_lines())
         assert first.startswith("data: ")
@@ -306,3 +328,13 @@ def test_sigterm_drains_in_flight_syscalls(model_dir, tmp_path):
     with pytest.raises((httpx.ConnectError, ServiceRefused)):
         conn.memory_usage()
     conn.close()
+
+
+def test_example_06_uses_only_the_openai_client(served):
+    env = {**child_env(), "AIOS_TOKEN": served.tokens["agent3"]}
+    script = REPO / "examples" / "06_openai_client_agent.py"
+    assert "import aios" not in script.read_text()
+    done = subprocess.run([sys.executable, str(script), served.url], capture_output=True, text=True, env=env,
+                          timeout=GUARD_S)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "answer:" in done.stdout and "'agent': 'agent3'" in done.stdout, done.stdout

@@ -96,7 +96,7 @@ class Service:
             Route("/v1/aios/syscalls/stream", self.syscall_stream, methods=["POST"]),
             *openai_api.routes(self),
         ]
-        app = Starlette(routes=routes, exception_handlers={ServiceError: self._refusal})
+        app = Starlette(routes=routes, exception_handlers={ServiceError: self._refusal, Exception: self._crash})
         app.state.service = self
         return app
 
@@ -106,6 +106,11 @@ class Service:
         if exc.type != "AuthenticationFailed":  # the registry audited that one already
             self.audit(agent, request, "denied", f"{exc.status} {exc.type}: {exc.message}")
         return self.error_response(exc)
+
+    async def _crash(self, request: Request, exc: Exception) -> Response:
+        """A bug in a handler: the caller gets a typed 500, the audit log a record, the server carries on."""
+        log.exception("handler crashed on %s %s", request.method, request.url.path, exc_info=exc)
+        return await self._refusal(request, ServiceError(500, type(exc).__name__, str(exc) or "internal error"))
 
     @staticmethod
     def error_response(exc: ServiceError) -> JSONResponse:
