@@ -57,8 +57,8 @@ CHILD = textwrap.dedent(
     from conftest import build_tiny_model, build_tiny_tokenizer
     from aios.kernel.engine import LLMEngine
     from aios.kernel.kernel import Kernel, KernelConfig
-    from aios.kernel.memory import MemoryRequest, MemorySyscall
-    from aios.kernel.storage import StorageRequest, StorageSyscall
+    from aios.kernel.memory import AddMemory, MemorySyscall
+    from aios.kernel.storage import PutItem, StorageSyscall
     from aios.kernel.syscall import LLMRequest, LLMSyscall
 
     root, kill_at = sys.argv[1], int(sys.argv[2])
@@ -94,10 +94,10 @@ CHILD = textwrap.dedent(
         k.submit(sc, me(agent))
         say("llm", sc.id, agent)  # acknowledged: submit returned
     for j in range(6):
-        sc = k.submit(StorageSyscall(request=StorageRequest(op="put", key=f"k{{j}}", content=f"value {{j}}")), me("ann"))
+        sc = k.submit(StorageSyscall(request=PutItem(key=f"k{{j}}", content=f"value {{j}}")), me("ann"))
         sc.wait(60)
         say("put", sc.id, f"k{{j}}")
-        sc = k.submit(MemorySyscall(request=MemoryRequest(op="add", content=f"note {{j}} " + "m" * 600)), me("bob"))
+        sc = k.submit(MemorySyscall(request=AddMemory(content=f"note {{j}} " + "m" * 600)), me("bob"))
         item = sc.wait(60)
         say("mem", sc.id, item["id"])
     say("swapped", sorted(k.modules["storage"].swap_sizes("bob")))

@@ -16,6 +16,12 @@ then the index; every row carries a ``version`` that the index records in its me
 indexed at an older version, and drops index entries whose row is gone. A crash between the two
 writes therefore loses nothing that was acknowledged and leaves no permanent inconsistency.
 
+Faults: when the index does not answer (a chromadb server killed or restarting), writes still
+commit to SQLite and are acknowledged; the index is marked stale and reconciled as soon as it
+answers again, and searches fail with ``IndexUnavailable`` meanwhile (gets, lists and files keep
+working). Another process holding the database's write lock makes a write wait (``busy_timeout``),
+then fail with ``StorageBusy`` having written nothing.
+
 Embeddings come from ``self.embedder`` (``aios.kernel.embedding``) and are passed to chromadb
 explicitly; chromadb's default embedding function is never used (it downloads a model).
 
@@ -30,6 +36,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -52,6 +59,8 @@ from aios.kernel.storage_quota import QuotaExceeded as QuotaExceeded  # re-expor
 from aios.kernel.storage_quota import StorageQuota
 from aios.kernel.syscall import Syscall
 
+log = logging.getLogger("aios.storage")
+
 MAX_CONTENT = 1 << 20  # 1 MiB per item or file: larger things do not belong in an agent's context
 MetaValue = str | int | float | bool
 
@@ -68,6 +77,18 @@ class NotFound(StorageError):
 
 class InvalidPath(StorageError):
     error_type = "InvalidPath"
+
+
+class StorageBusy(StorageError):
+    """Another process holds the database's write lock past the busy timeout (nothing was written)."""
+
+    error_type = "StorageBusy"
+
+
+class IndexUnavailable(StorageError):
+    """The search index (chromadb) does not answer; SQLite, the source of truth, still does."""
+
+    error_type = "IndexUnavailable"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +275,7 @@ class StorageManager:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
         self._collection: Any = None  # opened (and reconciled) at first use
+        self._index_stale = False  # a write missed the index (it was unreachable): reconcile when it is back
         self._client: Any = None
         self.last_reconcile: dict[str, int] | None = None
         self._wcv = threading.Condition()  # group commit of puts (see ``put``)
@@ -269,7 +291,10 @@ class StorageManager:
         with self._lock:
             if self._closed:
                 raise StorageError("storage is closed")
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # another process holds the write lock
+                raise StorageBusy(f"the storage database is locked by another writer: {exc}") from exc
             try:
                 yield self._db
             except BaseException:
@@ -312,6 +337,22 @@ class StorageManager:
                 )
                 self.last_reconcile = self._reconcile(self._collection)
             return self._collection
+
+    def _index_if_up(self) -> Any | None:
+        """The index, reconciled first if an outage left it stale; None (and stale) while it does not
+        answer. Writes use this: they are durable in SQLite whether or not the index answers."""
+        try:
+            col = self._index()
+            if self._index_stale:
+                with self._lock:
+                    self.last_reconcile = self._reconcile(col)
+                    self._index_stale = False
+            return col
+        except Exception as exc:  # unreachable, or failing: SQLite stays the source of truth
+            if not self._index_stale:
+                log.warning("search index unavailable (%s); writes go on, reconciled when it is back", exc)
+            self._index_stale = True
+            return None
 
     def _index_entries(self, col: Any) -> dict[str, dict]:
         out: dict[str, dict] = {}
@@ -382,7 +423,8 @@ class StorageManager:
     def put(
         self, agent: str, key: str, content: str, metadata: dict[str, MetaValue] | None = None
     ) -> dict[str, Any]:
-        """Insert or replace ``key``; returns once SQLite has it on disk and the index has it.
+        """Insert or replace ``key``; returns once SQLite has it on disk and the index has it (or,
+        when the index does not answer, is marked stale: see the module docstring on faults).
 
         Group commit: puts that arrive while another batch is being written wait and are then
         written together, in one transaction (one fsync) and one index upsert. Each caller is
@@ -391,7 +433,7 @@ class StorageManager:
         """
         if len(content.encode()) > MAX_CONTENT:
             raise StorageError(f"item is larger than {MAX_CONTENT} bytes")
-        col = self._index()
+        col = self._index_if_up()
         vec = self.embedder.embed([content])[0]  # before the transaction: a failure writes nothing
         me = _Write(agent, key, content, json.dumps(metadata or {}), vec)
         with self._wcv:
@@ -431,13 +473,20 @@ class StorageManager:
                         "SELECT * FROM items WHERE agent = ? AND key = ?", (w.agent, w.key)
                     ).fetchone()
             latest = {w.row["id"]: w for w in batch}  # the same key twice: the last write wins
-            col.upsert(
-                ids=[str(i) for i in latest],
-                embeddings=[w.vec for w in latest.values()],
-                metadatas=[
-                    {"agent": w.agent, "key": w.key, "version": w.row["version"]} for w in latest.values()
-                ],
-            )
+            try:
+                if col is None:
+                    raise IndexUnavailable("the search index did not answer")
+                col.upsert(
+                    ids=[str(i) for i in latest],
+                    embeddings=[w.vec for w in latest.values()],
+                    metadatas=[
+                        {"agent": w.agent, "key": w.key, "version": w.row["version"]} for w in latest.values()
+                    ],
+                )
+            except Exception as exc:  # committed already: acknowledged; the index catches up later
+                if not self._index_stale:
+                    log.warning("index upsert failed (%s); reconciled when the index is back", exc)
+                self._index_stale = True
         for w in batch:
             w.item = self._item(w.row)
 
@@ -448,14 +497,19 @@ class StorageManager:
         return self._item(rows[0])
 
     def delete(self, agent: str, key: str) -> bool:
-        col = self._index()
+        col = self._index_if_up()
         with self._lock:
             with self._tx() as db:
                 row = db.execute("SELECT id FROM items WHERE agent = ? AND key = ?", (agent, key)).fetchone()
                 if row is None:
                     raise NotFound(f"no item {key!r}")
                 db.execute("DELETE FROM items WHERE id = ?", (row["id"],))
-            col.delete(ids=[str(row["id"])])
+            try:
+                if col is None:
+                    raise IndexUnavailable("the search index did not answer")
+                col.delete(ids=[str(row["id"])])
+            except Exception:  # the orphan entry is dropped by the reconcile (and never surfaces)
+                self._index_stale = True
         return True
 
     def list(self, agent: str, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
@@ -476,7 +530,9 @@ class StorageManager:
         several collections (an agent's results and its worked examples) without one crowding the
         other out of the top ``k``.
         """
-        col = self._index()
+        col = self._index_if_up()
+        if col is None:
+            raise IndexUnavailable("the search index (chromadb) does not answer; get and list still work")
         vec = self.embedder.embed([query])[0]
         with self._lock:
             ids = [
@@ -488,7 +544,13 @@ class StorageManager:
             if not ids:
                 return []
             scope = {"ids": ids} if prefix else {}
-            got = col.query(query_embeddings=[vec], n_results=min(k, len(ids)), where={"agent": agent}, **scope)
+            try:
+                got = col.query(
+                    query_embeddings=[vec], n_results=min(k, len(ids)), where={"agent": agent}, **scope
+                )
+            except Exception as exc:
+                self._index_stale = True
+                raise IndexUnavailable(f"the search index (chromadb) failed: {type(exc).__name__}: {exc}") from exc
         out = []
         for i, dist in zip(got["ids"][0], got["distances"][0], strict=True):
             rows = self._query("SELECT * FROM items WHERE id = ? AND agent = ?", (int(i), agent))
