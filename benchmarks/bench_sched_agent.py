@@ -7,8 +7,10 @@ Why: issue 6's evaluation.  Everything runs on one aios kernel with the embedded
    agent's observation + planning steps (cheap profile tier, then the LLM constrained to the
    goal list) — accuracy against the registry's labels.
 2. Optimization: for each workload the sched-agent runs its loop (compose mode), then ONE boot
-   measures EEVDF, every seed scheduler and the agent's final scheduler, interleaved, repeated —
-   so "agent vs EEVDF" and "agent vs best seed" come from the same boot.
+   measures EEVDF, every seed scheduler, the kernel's own example schedulers that verify unchanged
+   (scx_simple, scx_central, scx_flatcg, …, from the guest kernel's tools/sched_ext) and the
+   agent's final scheduler, interleaved, repeated — so "agent vs EEVDF", "agent vs best seed" and
+   "agent vs best upstream" come from the same boot.
 3. Cost: wall time, LLM tokens, verification runs per workload ($0: local model).
 4. Head-to-head on the schbench-like p99 run in the scx-forge default shape (4 message threads).
 
@@ -108,8 +110,33 @@ def verified_seeds(box: Any) -> dict[str, Any]:
     return out
 
 
+def verified_upstream() -> list[Any]:
+    """The kernel's example schedulers that pass every verifier stage unchanged (one boot for all).
+
+    They are verified here, outside the agent's toolbox, so the agent never sees them: they are
+    peers to beat, not material.  Refused ones are logged with their one-line reason.
+    """
+    from aios.sched_ext.measure import VerifiedObject
+    from aios.sched_ext.setup import ensure_setup
+    from aios.sched_ext.verifier import verify_many
+
+    setup = ensure_setup(progress=False)
+    if setup.scx_dir is None or setup.scx_include is None:
+        log(f"no upstream schedulers: {setup.scx_missing or 'run `aios sched setup`'}")
+        return []
+    srcs = sorted(setup.scx_dir.glob("*.bpf.c"))
+    out = []
+    for src, v in zip(srcs, verify_many(srcs, setup=setup), strict=True):
+        name = src.name.removesuffix(".bpf.c")
+        if v.ok:
+            out.append(VerifiedObject.from_verdict(name, v))
+        else:
+            log(f"upstream {name} refused at {v.failed_stage}: {v.reason[:160]}")
+    return out
+
+
 def final_comparison(
-    box: Any, workload: str, seeds: dict[str, str], agent_src: str | None, reps: int
+    box: Any, workload: str, seeds: dict[str, str], agent_src: str | None, reps: int, upstream: list[Any] = ()
 ) -> dict:
     """One boot: EEVDF, every seed, and the agent's final scheduler, interleaved, ``reps`` times.
 
@@ -136,7 +163,9 @@ def final_comparison(
         src = Path(o.source).read_text()
         assert box.fully_verified(src)
         box.loads.append(LoadRecord(digest(src), ops_name(src) or "", "vm-measure", True))
-    results = box.backend.measure_objects(objs, workload, reps)
+    for o in upstream:  # verified in this run by verified_upstream(); measure_objects refuses any that were not
+        assert o.verdict.ok
+    results = box.backend.measure_objects([*objs, *upstream], workload, reps)
     out = {}
     for r in results:
         metrics = {
@@ -193,7 +222,9 @@ USER_GOALS.update(
 )
 
 
-def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, seeds: dict[str, str]) -> dict:
+def optimize(
+    kernel: Any, box: Any, workload: str, args: argparse.Namespace, seeds: dict[str, str], upstream: list[Any] = ()
+) -> dict:
     from aios.agents.sched_agent import Budget, OptimizeReport, OptimizeTask, SchedAgent
 
     lines: list[str] = []
@@ -220,11 +251,13 @@ def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, see
     log(f"{workload}: agent done in {time.time() - t0:.0f}s: winner {report.winner}")
     t1 = time.time()
     final = final_comparison(
-        box, workload, seeds, report.winner_source if report.accepted else None, args.final_reps
+        box, workload, seeds, report.winner_source if report.accepted else None, args.final_reps, upstream
     )
     compare_s = time.time() - t1
     prim = next(iter(final.values()))["primary_metric"]
     best_seed = max(seeds, key=lambda s: final[s]["improvement"]) if seeds else None
+    ups = [o.name for o in upstream if o.name in final]
+    best_up = max(ups, key=lambda s: final[s]["improvement"]) if ups else None
     agent_final = final.get("agent")
     agent_imp = agent_final["improvement"] if agent_final else 1.0  # kept EEVDF: 1.0x by definition
     row = {
@@ -241,6 +274,10 @@ def optimize(kernel: Any, box: Any, workload: str, args: argparse.Namespace, see
         "best_seed": best_seed,
         "best_seed_vs_eevdf": final[best_seed]["improvement"] if best_seed else None,
         "agent_vs_best_seed": agent_imp / final[best_seed]["improvement"] if best_seed else None,
+        "upstream": ups,
+        "best_upstream": best_up,
+        "best_upstream_vs_eevdf": final[best_up]["improvement"] if best_up else None,
+        "agent_vs_best_upstream": agent_imp / final[best_up]["improvement"] if best_up else None,
         "final": final,
         "iterations": [it.model_dump() for it in report.iterations],
         "confirmation": [it.model_dump() for it in report.confirmation],
@@ -317,8 +354,8 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
             "confirmation boot (before this final boot).",
             "",
             "| workload | goal metric | winner | agent vs EEVDF | best seed | best seed vs EEVDF | agent vs best seed "
-            "| accepted gain ± spread | stop |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| best upstream | best upstream vs EEVDF | agent vs best upstream | accepted gain ± spread | stop |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in opt:
             if "error" in r:
@@ -329,7 +366,9 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
             md.append(
                 f"| {r['workload']} | {r['primary_metric']} | {r['winner']} | {fmt(r['agent_vs_eevdf'])}"
                 f"{per_rep(r, 'agent')} | {r['best_seed']} | {fmt(r['best_seed_vs_eevdf'])}"
-                f"{per_rep(r, r['best_seed'])} | {fmt(r['agent_vs_best_seed'])} | {gain} | {r['stop_reason']} |"
+                f"{per_rep(r, r['best_seed'])} | {fmt(r['agent_vs_best_seed'])} | {r.get('best_upstream') or '-'} | "
+                f"{fmt(r.get('best_upstream_vs_eevdf'))}{per_rep(r, r.get('best_upstream'))} | "
+                f"{fmt(r.get('agent_vs_best_upstream'))} | {gain} | {r['stop_reason']} |"
             )
         ok = [r for r in opt if "error" not in r]
         if ok:
@@ -398,7 +437,8 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
         fin = h2h["final"]
         any_m = next(iter(fin.values()))["metrics"]
         md.append(f"| EEVDF | {any_m['p99_wakeup_us']['eevdf']:.0f} | 1.00x | 1.00x |")
-        for name in (["agent"] if "agent" in fin else []) + [h2h["best_seed"]]:
+        best_up = [h2h["best_upstream"]] if h2h.get("best_upstream") else []
+        for name in (["agent"] if "agent" in fin else []) + [h2h["best_seed"]] + best_up:
             m = fin[name]["metrics"]
             md.append(
                 f"| {name if name != 'agent' else 'agent: ' + h2h['winner']} | {m['p99_wakeup_us']['sched']:.0f} | "
@@ -435,9 +475,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
     if rows:
         names = [r["workload"] for r in rows]
         x = range(len(names))
-        axes[0].bar([i - 0.2 for i in x], [r["agent_vs_eevdf"] for r in rows], 0.4, label="sched-agent")
+        axes[0].bar([i - 0.27 for i in x], [r["agent_vs_eevdf"] for r in rows], 0.27, label="sched-agent")
+        axes[0].bar([i for i in x], [r["best_seed_vs_eevdf"] or 0 for r in rows], 0.27, label="best seed")
         axes[0].bar(
-            [i + 0.2 for i in x], [r["best_seed_vs_eevdf"] or 0 for r in rows], 0.4, label="best seed"
+            [i + 0.27 for i in x], [r.get("best_upstream_vs_eevdf") or 0 for r in rows], 0.27, label="best upstream"
         )
         axes[0].axhline(1.0, color="k", lw=1, ls="--", label="EEVDF")
         axes[0].set_xticks(list(x), names, rotation=35, ha="right")
@@ -489,6 +530,7 @@ def main() -> int:
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--no-upstream", action="store_true", help="leave the kernel's example schedulers out")
     args = ap.parse_args()
 
     import tempfile
@@ -527,14 +569,16 @@ def main() -> int:
             write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, Path(args.out))
         log("verifying the seed schedulers")
         seeds = verified_seeds(box)
+        upstream = [] if args.no_upstream else verified_upstream()
+        data["upstream"] = [o.name for o in upstream]
         data["optimization"] = []
         for w in [w for w in args.workloads.split(",") if w]:
             log(f"optimizing {w}")
-            data["optimization"].append(optimize(kernel, box, w, args, seeds))
+            data["optimization"].append(optimize(kernel, box, w, args, seeds, upstream))
             write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, Path(args.out))
         if args.h2h and not args.skip_h2h:
             log(f"head-to-head on {args.h2h}")
-            data["head_to_head"] = optimize(kernel, box, args.h2h, args, seeds)
+            data["head_to_head"] = optimize(kernel, box, args.h2h, args, seeds, upstream)
     data["wall_s"] = time.time() - t_all
     data["safety"] = safety(box)
     write_outputs(data, Path(args.out))

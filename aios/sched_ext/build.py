@@ -29,6 +29,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,10 @@ from .setup import SetupInfo, ensure_setup
 
 INCLUDE_DIR = Path(__file__).resolve().parent / "include"
 
-#: clang 14 silently drops tagged anonymous members of 7.x vmlinux.h without the ms-extension flags.
-BASE_FLAGS = ["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-fms-extensions",
+#: clang 14 silently drops tagged anonymous members of 7.x vmlinux.h without the ms-extension flags;
+#: ``-mcpu=v3`` because upstream's exit record (``UEI_RECORD``) uses 32-bit atomics (the kernel's own
+#: tools/sched_ext Makefile builds with it too).
+BASE_FLAGS = ["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86", "-fms-extensions",
               "-Wno-microsoft-anon-tag", "-Wno-unknown-attributes", "-Wno-compare-distinct-pointer-types",
               "-Werror=implicit-function-declaration", "-Werror=incompatible-pointer-types"]
 
@@ -103,12 +106,28 @@ def parse_diagnostics(text: str) -> list[Diagnostic]:
     return out
 
 
+def include_path(setup: SetupInfo, user_dirs: Sequence[Path | str] = ()) -> list[Path]:
+    """The ``-I`` directories, in order.
+
+    The kernel directory comes first so its ``vmlinux.h`` wins; then the user's
+    own directories (``aios sched verify -I DIR``); then libbpf's headers,
+    ``aios_scx.h``, and the kernel's ``tools/sched_ext/include`` (``scx/*.h``,
+    and ``bpf-compat`` as upstream's Makefile adds it) when set-up fetched it.
+    """
+    dirs = [Path(setup.include_dirs[0]), *(Path(d).resolve() for d in user_dirs), *map(Path, setup.include_dirs[1:]),
+            INCLUDE_DIR]
+    if setup.scx_include is not None:
+        dirs += [setup.scx_include, setup.scx_include / "bpf-compat"]
+    return dirs
+
+
 def clang_command(source: Path, out: Path, setup: SetupInfo | None = None,
-                  defines: dict[str, str | int] | None = None, extra_flags: tuple[str, ...] = ()) -> list[str]:
-    """The clang command line used for ``source`` (the kernel dir comes first so its vmlinux.h wins)."""
+                  defines: dict[str, str | int] | None = None, extra_flags: tuple[str, ...] = (),
+                  include_dirs: Sequence[Path | str] = ()) -> list[str]:
+    """The clang command line used for ``source`` (see ``include_path`` for the order of ``-I``)."""
     setup = setup or ensure_setup(progress=False)
     incs: list[str] = []
-    for d in [*setup.include_dirs, INCLUDE_DIR]:
+    for d in include_path(setup, include_dirs):
         incs += ["-I", str(d)]
     defs = [f"-D{k}={v}" for k, v in (defines or {}).items()]
     return [setup.clang, *BASE_FLAGS, *incs, *defs, *extra_flags, "-c", str(source), "-o", str(out)]
@@ -116,7 +135,7 @@ def clang_command(source: Path, out: Path, setup: SetupInfo | None = None,
 
 def compile_bpf(source: Path | str, out: Path | str | None = None, setup: SetupInfo | None = None,
                 defines: dict[str, str | int] | None = None, extra_flags: tuple[str, ...] = (),
-                timeout_s: float = 120.0) -> BuildResult:
+                timeout_s: float = 120.0, include_dirs: Sequence[Path | str] = ()) -> BuildResult:
     """Compile one ``*.bpf.c`` into a BPF object.
 
     ``out`` defaults to a fresh temporary file (the caller owns it).  Never
@@ -138,20 +157,66 @@ def compile_bpf(source: Path | str, out: Path | str | None = None, setup: SetupI
         d = Diagnostic(file=str(source.parent / "vmlinux.h"), line=0, column=0, severity="error",
                        message="a vmlinux.h next to the source shadows the target kernel's; remove it")
         return BuildResult(ok=False, source=source, diagnostics=[d], duration_s=0.0)
-    cmd = clang_command(source, out, setup, defines, extra_flags)
+    setup = setup or ensure_setup(progress=False)
+    missing = [str(d) for d in include_dirs if not Path(d).is_dir()]
+    if missing:
+        d = Diagnostic(file=str(source), line=0, column=0, severity="error",
+                       message=f"include directory not found: {', '.join(missing)}")
+        return BuildResult(ok=False, source=source, diagnostics=[d], duration_s=0.0)
+    reserved = {n: RESERVED_ALIAS + n[2:] for n in setup.kfuncs if n.startswith("__")}
+    cmd = clang_command(source, out, setup, {**reserved, **(defines or {})}, extra_flags, include_dirs)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         d = Diagnostic(file=str(source), line=0, column=0, severity="error",
                        message=f"clang timed out after {timeout_s:.0f}s")
         return BuildResult(ok=False, source=source, diagnostics=[d], command=cmd, duration_s=timeout_s)
-    diags = parse_diagnostics(proc.stderr)
+    diags = [_explain_missing_header(d, setup) for d in parse_diagnostics(proc.stderr)]
     ok = proc.returncode == 0 and out.is_file() and out.stat().st_size > 0
+    if ok and reserved:
+        out.write_bytes(restore_reserved_names(out.read_bytes(), reserved))
     if not ok and not any(d.severity in ("error", "fatal error") for d in diags):
         diags.append(Diagnostic(file=str(source), line=0, column=0, severity="error",
                                 message=(proc.stderr.strip().splitlines() or ["clang failed"])[-1]))
     return BuildResult(ok=ok, source=source, object_path=out if ok else None, diagnostics=diags,
                        command=cmd, stderr=proc.stderr[-20000:], duration_s=round(time.monotonic() - t0, 3))
+
+
+#: clang 14 emits no BTF for an extern function whose name starts with ``__`` (a reserved identifier),
+#: so libbpf cannot resolve e.g. upstream's ``__scx_bpf_dsq_insert_vtime`` ("failed to find BTF for
+#: extern"). Such kfuncs are compiled under a same-length alias (``__x`` -> ``Zzx``) and renamed back in
+#: the object's symbol and BTF string tables (``restore_reserved_names``).
+RESERVED_ALIAS = "Zz"
+
+
+def restore_reserved_names(obj: bytes, aliases: dict[str, str]) -> bytes:
+    """Put the real ``__name`` of each aliased kfunc back into ``.strtab`` and ``.BTF`` (same length, in place)."""
+    elf = ElfObject(obj)
+    for secname in (".strtab", ".BTF"):
+        sec = elf.section(secname)
+        if sec is None:
+            continue
+        blob = bytes(elf.data[sec.offset:sec.offset + sec.size])
+        for real, alias in aliases.items():
+            blob = blob.replace(b"\0" + alias.encode() + b"\0", b"\0" + real.encode() + b"\0")
+        elf.data[sec.offset:sec.offset + sec.size] = blob
+    return elf.to_bytes()
+
+
+def _explain_missing_header(d: Diagnostic, setup: SetupInfo) -> Diagnostic:
+    """``'scx/common.bpf.h' file not found`` → say where such headers come from."""
+    m = re.match(r"'([^']+)' file not found", d.message)
+    if not m:
+        return d
+    header = m.group(1)
+    if header.startswith("scx/") and setup.scx_include is None:
+        why = setup.scx_missing or "run `aios sched setup`"
+        hint = f"the kernel's sched_ext headers are not in the cache ({why})"
+    elif header.startswith("scx/"):
+        hint = f"not among the kernel's sched_ext headers ({setup.scx_include}/scx)"
+    else:
+        hint = "not in the source's directory, the kernel/libbpf/aios headers or any -I directory (add -I DIR)"
+    return d.model_copy(update={"message": f"{d.message}: {hint}"})
 
 
 # ---------------------------------------------------------------------- ELF objects
@@ -179,6 +244,7 @@ class ElfSymbol:
     type: int
     shndx: int
     section: str
+    entry_offset: int = -1   # file offset of its symtab entry (resize_section updates st_size there)
 
 
 SHT_SYMTAB, SHT_NOBITS, SHT_REL = 2, 8, 9
@@ -198,6 +264,7 @@ class ElfObject:
         (self.e_machine,) = struct.unpack_from("<H", self.data, 18)
         shoff, = struct.unpack_from("<Q", self.data, 40)
         shentsize, shnum, shstrndx = struct.unpack_from("<HHH", self.data, 58)
+        self._shoff, self._shentsize = shoff, shentsize
         raw = []
         for i in range(shnum):
             raw.append(struct.unpack_from("<IIQQQQIIQQ", self.data, shoff + i * shentsize))
@@ -215,7 +282,7 @@ class ElfObject:
                 name, info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", self.data, sec.offset + j * 24)
                 secname = self.sections[shndx].name if 0 < shndx < len(self.sections) else ""
                 self.symbols.append(ElfSymbol(self._cstr(stroff + name), value, size, info >> 4, info & 0xF,
-                                              shndx, secname))
+                                              shndx, secname, sec.offset + j * 24))
 
     def _cstr(self, off: int) -> str:
         end = self.data.index(b"\0", off)
@@ -270,6 +337,39 @@ class ElfObject:
                 name_off, = struct.unpack_from("<I", self.data, symtab.offset + symidx * 24)
                 out.append((off, self._cstr(stroff + name_off)))
         return out
+
+    def resize_section(self, name: str, new_size: int) -> None:
+        """Grow a data section to ``new_size`` bytes, zero-filled, as libbpf's ``bpf_map__set_value_size`` does.
+
+        This is upstream's ``RESIZE_ARRAY`` (a ``RESIZABLE_ARRAY`` lives alone in
+        its own ``.data.NAME`` section) for a loader that cannot call libbpf:
+        the grown contents are appended at the end of the file and the section
+        header points there; the symbol that ends the section grows with it.
+        The BTF array type keeps its one element: the kernel accepts a
+        variable larger than its type, and the verifier bounds accesses by the
+        map's value size.
+        """
+        sec = self.section(name)
+        if sec is None:
+            raise KeyError(f"no section {name!r}")
+        if new_size < sec.size:
+            raise ValueError(f"{name}: cannot shrink {sec.size} -> {new_size} bytes")
+        grow = new_size - sec.size
+        if grow == 0:
+            return
+        hdr = self._shoff + sec.index * self._shentsize
+        if sec.type != SHT_NOBITS:
+            old = bytes(self.data[sec.offset:sec.offset + sec.size])
+            self.data += b"\0" * ((-len(self.data)) % 8)
+            sec.offset = len(self.data)
+            self.data += old + b"\0" * grow
+            struct.pack_into("<Q", self.data, hdr + 24, sec.offset)
+        struct.pack_into("<Q", self.data, hdr + 32, new_size)
+        for sym in self.symbols:
+            if sym.shndx == sec.index and sym.value + sym.size == sec.size and sym.entry_offset >= 0:
+                sym.size += grow
+                struct.pack_into("<Q", self.data, sym.entry_offset + 16, sym.size)
+        sec.size = new_size
 
     def struct_ops_maps(self) -> list[ElfSymbol]:
         """Global variables in ``.struct_ops`` / ``.struct_ops.link`` sections (the scheduler ops)."""

@@ -20,6 +20,7 @@ import re
 import struct
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -49,7 +50,8 @@ FORBIDDEN_SOURCE = [
     (re.compile(r"\bbpf_trace_printk\b|\bbpf_printk\b"), "debug-print",
      "bpf_printk/bpf_trace_printk floods the trace pipe; use a counter map or scx_bpf_error"),
 ]
-_ALLOWED_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](aios_scx\.h|vmlinux\.h|bpf/[\w.]+\.h)[>"]')
+#: Headers from the toolchain: ours, the kernel's vmlinux.h, libbpf's bpf/*.h and the kernel's scx/*.h.
+_ALLOWED_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](aios_scx\.h|vmlinux\.h|bpf/[\w.]+\.h|scx/[\w.]+\.h)[>"]')
 _INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
 
 
@@ -134,15 +136,32 @@ def _tunable_names(src: str) -> list[str]:
         re.findall(r"AIOS_TUNABLE\(\s*[\w\s]+,\s*(\w+)\s*,", src)
 
 
-def check_source(src: str) -> list[Finding]:
-    """Heuristic source checks: forbidden constructs, includes, unbounded loops, tunables."""
+def _local_header(name: str, dirs: Sequence[Path]) -> bool:
+    """A header the user brought: a relative name (no ``..``) found in the source's or a ``-I`` directory."""
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        return False
+    return any((Path(d) / rel).resolve().is_relative_to(Path(d).resolve()) and (Path(d) / rel).is_file()
+               for d in dirs)
+
+
+def check_source(src: str, include_dirs: Sequence[Path | str] = ()) -> list[Finding]:
+    """Heuristic source checks: forbidden constructs, includes, unbounded loops, tunables.
+
+    ``include_dirs`` are where the user's own headers may come from (the
+    source's directory and ``-I`` directories); any other include is refused,
+    so model-written code cannot pull host files into the build.
+    """
     text = strip_comments(src)
+    dirs = [Path(d) for d in include_dirs]
     findings: list[Finding] = []
     for lineno, line in enumerate(text.splitlines(), 1):
-        if _INCLUDE.match(line) and not _ALLOWED_INCLUDE.match(line):
+        m = _INCLUDE.match(line)
+        if m and not _ALLOWED_INCLUDE.match(line) and not _local_header(m.group(1), dirs):
             findings.append(Finding(severity="error", code="include", line=lineno,
-                                    message=f"#include <{_INCLUDE.match(line).group(1)}> is not allowed: "
-                                            "use \"aios_scx.h\" (it brings vmlinux.h and the bpf/ headers)"))
+                                    message=f"#include <{m.group(1)}> is not allowed: use \"aios_scx.h\" or "
+                                            "<scx/common.bpf.h>, or a header in the source's directory or an "
+                                            "-I directory"))
     for pat, code, msg in FORBIDDEN_SOURCE:
         for m in pat.finditer(text):
             sev = "warning" if code == "debug-print" else "error"
@@ -164,6 +183,8 @@ def check_source(src: str) -> list[Finding]:
                                     message=f"{m.group(1)} loop without an exit condition: use bpf_for(i, 0, N) "
                                             "or a constant bound"))
             continue
+        if cond in ("0", "false") or re.fullmatch(r"\(?\s*(0|false)\s*\)?", cond):
+            continue  # `do { } while (0)`: runs once
         if _CONST_BOUND.search(cond) or any(re.search(rf"[<>=]=?\s*{re.escape(t)}\b", cond) for t in tunables):
             continue
         if re.search(r"\b(bpf_iter_\w+_next|can_loop)\b", cond):
@@ -319,10 +340,21 @@ def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
     externs = {s.name for s in elf.symbols if s.shndx == 0 and s.name and s.bind in (1, 2)}
     used = sorted({_essential(n) for n in (called | externs) if not n.startswith("#")})
     facts["kfuncs_used"] = [u for u in used if not u.startswith(("CONFIG_", "LINUX_", "bpf_ksym_exists"))]
+    weak = {s.name for s in elf.symbols if s.shndx == 0 and s.bind == 2}
     for name in facts["kfuncs_used"]:
         if name in FORBIDDEN_KFUNCS:
             findings.append(Finding(severity="error", code="forbidden-kfunc", message=f"kfunc {name} is not allowed"))
-        elif kfuncs is not None and name not in kfuncs and name in {_essential(n) for n in called}:
+            continue
+        callers = {n for n in called if _essential(n) == name}
+        if kfuncs is None or name in kfuncs or not callers:
+            continue
+        if all(n in weak and n != name for n in callers):
+            # upstream's compat wrappers: a weak, flavoured fallback (scx_bpf_dispatch___compat) that libbpf
+            # resolves to NULL on kernels without it; its call sits behind bpf_ksym_exists() and is dead code
+            findings.append(Finding(severity="warning", code="compat-kfunc",
+                                    message=f"compat fallback {', '.join(sorted(callers))}: {name} is not in the "
+                                            "target kernel (the guarded call is never taken)"))
+        else:
             findings.append(Finding(severity="error", code="unknown-kfunc",
                                     message=f"kfunc {name} does not exist in the target kernel's BTF"))
 
@@ -340,10 +372,11 @@ def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
     return findings, facts
 
 
-def run_checks(source_text: str, obj: bytes, setup: SetupInfo | None = None) -> CheckReport:
-    """Source + object checks; ``ok`` when no finding is an error."""
+def run_checks(source_text: str, obj: bytes, setup: SetupInfo | None = None,
+               include_dirs: Sequence[Path | str] = ()) -> CheckReport:
+    """Source + object checks; ``ok`` when no finding is an error (``include_dirs``: see ``check_source``)."""
     setup = setup or ensure_setup(progress=False)
-    findings = check_source(source_text)
+    findings = check_source(source_text, include_dirs)
     obj_findings, facts = check_object(obj, set(setup.kfuncs), source_text, setup)
     findings += obj_findings
     ok = not any(f.severity == "error" for f in findings)

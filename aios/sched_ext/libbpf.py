@@ -77,6 +77,9 @@ class Libbpf:
             "bpf_map__value_size": (c.c_uint32, [P]),
             "bpf_map__max_entries": (c.c_uint32, [P]),
             "bpf_map__initial_value": (P, [P, c.POINTER(c.c_size_t)]),
+            "bpf_map__set_initial_value": (c.c_int, [P, c.c_void_p, c.c_size_t]),
+            "bpf_map__set_value_size": (c.c_int, [P, c.c_uint32]),
+            "bpf_object__find_map_by_name": (P, [P, c.c_char_p]),
             "bpf_map__attach_struct_ops": (P, [P]),
             "bpf_program__name": (c.c_char_p, [P]),
             "bpf_program__section_name": (c.c_char_p, [P]),
@@ -187,6 +190,9 @@ class BpfObject:
 
     def _map(self, name: str) -> int:
         L = self._lib.lib
+        exact = L.bpf_object__find_map_by_name(self.handle, name.encode())  # also by section: ".rodata"
+        if exact:
+            return exact
         for m in self._maps():
             n = L.bpf_map__name(m).decode()
             if n == name or n.endswith(name):
@@ -200,6 +206,19 @@ class BpfObject:
         if not ptr:
             raise LibbpfError(f"map {map_name} has no initial value")
         return ctypes.string_at(ptr, size.value)
+
+    def set_initial_value(self, map_name: str, data: bytes) -> None:
+        """Replace a global-data map's contents before load (``.rodata`` tunables, SCX enums)."""
+        buf = ctypes.create_string_buffer(data, len(data))
+        rc = self._lib.lib.bpf_map__set_initial_value(self._map(map_name), buf, len(data))
+        if rc != 0:
+            raise LibbpfError(f"bpf_map__set_initial_value({map_name}): {os.strerror(-rc) if rc < 0 else rc}")
+
+    def set_value_size(self, map_name: str, size: int) -> None:
+        """Resize a global-data map before load (upstream's ``RESIZE_ARRAY``)."""
+        rc = self._lib.lib.bpf_map__set_value_size(self._map(map_name), int(size))
+        if rc != 0:
+            raise LibbpfError(f"bpf_map__set_value_size({map_name}, {size}): {os.strerror(-rc) if rc < 0 else rc}")
 
     def load(self) -> None:
         """Load into the running kernel: only HostScheduler calls this, after its checks."""
@@ -242,16 +261,30 @@ def _sha256(path: Path) -> str:
 
 
 class HostScheduler:
-    """Load a *verified* scheduler on the host; unloads on exit, on ``close()`` and at interpreter exit."""
+    """Load a *verified* scheduler on the host; unloads on exit, on ``close()`` and at interpreter exit.
+
+    Before load it does what the scheduler's loader would (``prepare.plan_load``) for *this*
+    machine: the SCX enum globals from ``btf`` (the running kernel's BTF), tunables from its
+    possible CPUs, ``RESIZE_ARRAY`` sizes — through libbpf's ``bpf_map__set_initial_value`` and
+    ``bpf_map__set_value_size``; the micro-VM path applies the same plan to the object file.
+    ``source`` (default: the verdict's) locates the companion loader; ``overrides`` are ``--set``.
+    """
 
     def __init__(self, obj_path: Path | str, verified: Any, sysfs: Path | str = SCX_SYSFS,
-                 lib: Libbpf | None = None) -> None:
+                 lib: Libbpf | None = None, source: Path | str | None = None,
+                 overrides: dict[str, int] | None = None, btf: Path | str = "/sys/kernel/btf/vmlinux") -> None:
         self.obj_path = Path(obj_path)
         self.verified = verified
         self.sysfs = Path(sysfs)
         self._lib = lib
         self._obj: BpfObject | None = None
         self._links: list[int] = []
+        src = source or getattr(verified, "source", None)
+        self.source = Path(src) if src else self.obj_path
+        self.overrides = overrides
+        self.btf = Path(btf)
+        self.plan: Any = None
+        self.last_exit: dict = {}
 
     def _check_verified(self) -> None:
         v = self.verified
@@ -279,6 +312,7 @@ class HostScheduler:
             raise HostModeRefused(f"the system libbpf ({ver}) does not see this object's struct_ops map "
                                   "(.struct_ops.link needs libbpf >= 1.3); use the bpftool wrapper or a newer libbpf")
         try:
+            self._initialize()
             self._obj.load()
             L = self._obj._lib.lib
             for m in self._obj._maps():
@@ -293,6 +327,20 @@ class HostScheduler:
             raise
         atexit.register(self.close)
 
+    def _initialize(self) -> None:
+        """Apply the loader's pre-load initialization for this machine (refuses what cannot be inferred)."""
+        from .prepare import host_target, plan_load
+
+        raw = self.obj_path.read_bytes()
+        self.plan = plan_load(self.source, raw, host_target(self.btf), self.overrides)
+        if self.plan.problems:
+            raise HostModeRefused(self.plan.problems[0])
+        assert self._obj is not None
+        for section, size in self.plan.resizes.items():
+            self._obj.set_value_size(section, size)
+        if self.plan.values:
+            self._obj.set_initial_value(".rodata", self.plan.rodata_image(raw))
+
     def state(self) -> SchedExtState:
         return read_host_state(self.sysfs)
 
@@ -301,10 +349,38 @@ class HostScheduler:
             raise LibbpfError("not loaded")
         return self._obj.lookup(name, key)
 
-    def exit_info(self) -> dict:
-        """The AIOS_UEI_DEFINE record (kind, exit_code, reason, msg) if the scheduler keeps one in .data."""
-        raw = self.read_map(".data")
-        return parse_exit_record(raw)
+    def exit_info(self, name: str = "uei") -> dict:
+        """The exit record (``UEI_DEFINE`` or ``AIOS_UEI_DEFINE``: kind, exit_code, reason, msg) in ``.data``.
+
+        Both layouts keep ``kind`` at 0, ``exit_code`` at 8, ``reason[128]`` at 16 and ``msg`` at 144
+        (256 bytes in aios's, 1024 in upstream's): the symbol's size says which.
+        """
+        from .build import ElfObject
+
+        sym = ElfObject(self.obj_path.read_bytes()).symbol(name, ".data")
+        if sym is None:
+            return {}
+        return parse_exit_record(self.read_map(".data"), sym.value, sym.size - 144)
+
+    def unload(self, timeout_s: float = 5.0) -> dict:
+        """Detach the scheduler, wait for the kernel to report ``disabled``, return its exit record."""
+        import time
+
+        if self._obj is None:
+            return self.last_exit
+        L = self._obj._lib.lib
+        for link in self._links:
+            L.bpf_link__destroy(link)
+        self._links.clear()
+        deadline = time.monotonic() + timeout_s
+        while self.state().state not in ("disabled", "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            self.last_exit = self.exit_info()
+        except LibbpfError:
+            self.last_exit = {}
+        self.close()
+        return self.last_exit
 
     def close(self) -> None:
         if self._obj is not None:
@@ -320,16 +396,16 @@ class HostScheduler:
             pass
 
 
-def parse_exit_record(raw: bytes, offset: int = 0) -> dict:
-    """Decode ``struct aios_exit_info`` (s32 kind; s64 exit_code; char reason[128]; char msg[256])."""
+def parse_exit_record(raw: bytes, offset: int = 0, msg_len: int = 256) -> dict:
+    """Decode an exit record: s32 kind; (s32 exit_cpu upstream); s64 exit_code; char reason[128]; char msg[N]."""
     import struct as _st
 
-    if len(raw) < offset + 8 + 8 + 128 + 256:
+    if msg_len <= 0 or len(raw) < offset + 144 + msg_len:
         return {}
     kind, = _st.unpack_from("<i", raw, offset)
     code, = _st.unpack_from("<q", raw, offset + 8)
     reason = raw[offset + 16:offset + 144].split(b"\0", 1)[0].decode(errors="replace")
-    msg = raw[offset + 144:offset + 400].split(b"\0", 1)[0].decode(errors="replace")
+    msg = raw[offset + 144:offset + 144 + msg_len].split(b"\0", 1)[0].decode(errors="replace")
     return {"kind": kind, "exit_code": code, "reason": reason, "msg": msg}
 
 

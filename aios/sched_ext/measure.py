@@ -268,14 +268,18 @@ def _verify(source: Path, verdict: Any) -> Path:
 
 
 def measure(source_path: str | Path, workload: str, reps: int = 3, *, verdict: Any = None, vm: Any = None,
-            name: str | None = None, progress: bool = True) -> MeasureResult:
-    """Verify ``source_path`` (unless ``verdict`` passed) and measure it against EEVDF on ``workload``."""
+            name: str | None = None, progress: bool = True, include_dirs: Sequence[Path | str] = (),
+            overrides: dict[str, int] | None = None) -> MeasureResult:
+    """Verify ``source_path`` (unless ``verdict`` passed) and measure it against EEVDF on ``workload``.
+
+    ``include_dirs``/``overrides`` are the verifier's (``-I DIR``, ``--set NAME=VALUE``).
+    """
     src = Path(source_path)
     w = get_workload(workload)
     if verdict is None:
         from . import verifier
 
-        verdict = verifier.verify(src)
+        verdict = verifier.verify(src, include_dirs=include_dirs, overrides=overrides)
     obj = _verify(src, verdict)
     label = name or src.name.removesuffix(".bpf.c").replace("-", "_").replace(".", "_")
     if progress:

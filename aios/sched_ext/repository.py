@@ -24,6 +24,7 @@ Public API::
     repo.results(scheduler=None, workload=None) -> list[ResultRecord]
     repo.best_for(workload, metric=None, k=5) -> list[RankedPolicy] # by measured improvement
     repo.import_benchmark(path) -> int             # results of benchmarks/sched_seeds.py
+    load_upstream_entries(scx_dir) -> list[PolicyEntry]   # the kernel's example schedulers (origin "upstream")
 """
 
 from __future__ import annotations
@@ -138,6 +139,31 @@ def load_seed_entries(seed_dir: Path = SEED_DIR) -> list[PolicyEntry]:
             source=src.read_text(), tags=meta.get("tags", []),
             tunables={k: Tunable(**v) for k, v in meta.get("tunables", {}).items()}, goal=meta.get("goal"),
             blocks=meta.get("blocks"), origin="seed", created=_now()))
+    return out
+
+
+UPSTREAM_DOCS = SEED_DIR / "upstream.json"
+
+
+def load_upstream_entries(scx_dir: Path, tunables: dict[str, dict[str, int]] | None = None,
+                          docs: Path = UPSTREAM_DOCS) -> list[PolicyEntry]:
+    """PolicyEntry for each kernel example scheduler in ``scx_dir`` that ``upstream.json`` documents.
+
+    ``scx_dir`` is the kernel's ``tools/sched_ext`` fetched by set-up (``SetupInfo.scx_dir``);
+    ``tunables`` (scheduler → {name: value}) are what its loader sets before load for the VM
+    (``prepare.plan_load``), recorded as the entry's tunables.  Origin ``upstream``.
+    """
+    meta = {k: v for k, v in json.loads(docs.read_text()).items() if not k.startswith("_")}
+    out = []
+    for name, m in meta.items():
+        src = Path(scx_dir) / f"{name}.bpf.c"
+        if not src.is_file():
+            continue
+        tun = {k: Tunable(default=float(v), description="set before load as its upstream loader does")
+               for k, v in (tunables or {}).get(name, {}).items()}
+        out.append(PolicyEntry(name=name, ops_name=name.removeprefix("scx_"), description=m["description"],
+                               source=src.read_text(), tags=m.get("tags", ["upstream"]), tunables=tun,
+                               goal=m.get("goal"), origin="upstream", created=_now()))
     return out
 
 

@@ -31,9 +31,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from . import bpftool as bt
+from .btf import Enumerator
 from .build import BuildResult, compile_bpf, patch_struct_ops_field
 from .checks import CheckReport, run_checks
 from .loader import GUEST_STATE_SNIPPET, parse_exits, parse_state
+from .prepare import Target, apply_to_elf, guest_target, plan_load
 from .setup import SetupInfo, ensure_setup
 from .vm import MicroVM, VMResult
 
@@ -94,19 +96,22 @@ class VerifyResult(BaseModel):
 # ---------------------------------------------------------------------- host stages
 
 
-def _stage_compile(source: Path, setup: SetupInfo) -> tuple[Verdict, BuildResult]:
-    b = compile_bpf(source, setup=setup)
+def _stage_compile(source: Path, setup: SetupInfo, include_dirs: Sequence[Path | str]) -> tuple[Verdict, BuildResult]:
+    b = compile_bpf(source, setup=setup, include_dirs=include_dirs)
     if b.ok:
         warn = [str(d) for d in b.warnings[:5]]
         return Verdict(stage="compile", ok=True, reason=f"{len(b.warnings)} warning(s)" if warn else "",
                        details=warn, duration_s=b.duration_s), b
-    return Verdict(stage="compile", ok=False, reason=f"{len(b.errors)} compile error(s)",
-                   details=b.summary(8).splitlines(), duration_s=b.duration_s), b
+    first = b.errors[0].message if b.errors else ""
+    reason = f"{len(b.errors)} compile error(s)" + (f": {first[:160]}" if first else "")
+    return Verdict(stage="compile", ok=False, reason=reason, details=b.summary(8).splitlines(),
+                   duration_s=b.duration_s), b
 
 
-def _stage_static(source: Path, obj: bytes, setup: SetupInfo) -> tuple[Verdict, CheckReport]:
+def _stage_static(source: Path, obj: bytes, setup: SetupInfo, include_dirs: Sequence[Path | str]
+                  ) -> tuple[Verdict, CheckReport]:
     t0 = time.monotonic()
-    rep = run_checks(source.read_text(errors="replace"), obj, setup)
+    rep = run_checks(source.read_text(errors="replace"), obj, setup, [source.parent, *include_dirs])
     dt = round(time.monotonic() - t0, 3)
     errs = [str(f) for f in rep.errors]
     warns = [str(f) for f in rep.findings if f.severity != "error"]
@@ -210,7 +215,52 @@ def _kernel_verdict(i: int, res: VMResult, t_share: float) -> Verdict:
     return Verdict(stage="kernel_verifier", ok=False, reason=reason, details=details, duration_s=t_share)
 
 
-def _dynamic_verdict(i: int, res: VMResult, ops_name: str, t_share: float) -> tuple[Verdict, dict]:
+def exit_record(counters: dict[str, Any], enums: dict[str, Enumerator] | None = None) -> dict[str, Any]:
+    """The scheduler's exit record (``UEI_DEFINE``/``AIOS_UEI_DEFINE``) from its ``.data`` dump, if it exited.
+
+    Upstream's ``struct user_exit_info`` and aios's ``struct aios_exit_info``
+    both carry ``kind``, ``exit_code``, ``reason`` and ``msg``; ``kind`` is named
+    from the target kernel's ``enum scx_exit_kind`` (``SCX_EXIT_ERROR_BPF`` …).
+    Empty when no record is there or the scheduler has not exited (kind 0).
+    """
+    for value in counters.values():
+        if not (isinstance(value, dict) and {"kind", "reason", "msg"} <= set(value)):
+            continue
+        try:
+            kind = int(value["kind"])
+        except (TypeError, ValueError):
+            continue
+        if kind == 0:
+            return {}
+        names = [n for n, e in (enums or {}).items() if e.enum == "scx_exit_kind" and e.value == kind]
+        return {"kind": kind, "kind_name": names[0] if names else "", "exit_code": value.get("exit_code", 0),
+                "reason": _c_string(value.get("reason")), "msg": _c_string(value.get("msg"))}
+    return {}
+
+
+def _c_string(v: Any) -> str:
+    """bpftool prints a char array as a string, or as a list of byte values when it holds non-text."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        raw = bytes(int(x) & 0xFF if not isinstance(x, str) else int(x, 0) & 0xFF for x in v)
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+    return ""
+
+
+def describe_exit_record(uei: dict[str, Any]) -> str:
+    """One line: ``SCX_EXIT_ERROR_BPF (1025), code 0: scx_bpf_error (…): <msg>``."""
+    kind = f"{uei.get('kind_name') or 'kind'} ({uei.get('kind')})"
+    parts = [f"{kind}, code {uei.get('exit_code', 0)}"]
+    if uei.get("reason"):
+        parts.append(str(uei["reason"]))
+    if uei.get("msg"):
+        parts.append(str(uei["msg"]))
+    return ": ".join(parts)
+
+
+def _dynamic_verdict(i: int, res: VMResult, ops_name: str, t_share: float,
+                     enums: dict[str, Enumerator] | None = None) -> tuple[Verdict, dict]:
     facts: dict[str, Any] = {}
     loaded = parse_state(res.blobs.get(f"state_loaded_{i}", ""))
     after = parse_state(res.blobs.get(f"state_after_{i}", ""))
@@ -233,11 +283,17 @@ def _dynamic_verdict(i: int, res: VMResult, ops_name: str, t_share: float) -> tu
         facts["smoke"] = smoke
     problems: list[str] = []
     details: list[str] = []
+    uei = exit_record(counters, enums)
+    if uei:
+        facts["exit_record"] = uei
     if bad:
         e = bad[0]
         kind = "watchdog stall" if e.kind == "watchdog" else f"{e.kind} exit"
-        problems.append(f"ejected by the kernel ({kind}): {e.reason}")
+        record = f"; exit record: {describe_exit_record(uei)}" if uei else ""
+        problems.append(f"ejected by the kernel ({kind}): {e.reason}{record}")
         details += e.detail[:6]
+    elif uei:
+        problems.append(f"the scheduler exited: {describe_exit_record(uei)}")
     if res.kernel_problem:
         problems.append(f"guest kernel problem: {res.kernel_problem}")
     if smoke is None:
@@ -277,21 +333,33 @@ def _dynamic_verdict(i: int, res: VMResult, ops_name: str, t_share: float) -> tu
 
 
 def verify(source: Path | str, *, setup: SetupInfo | None = None, vm: MicroVM | None = None,
-           watchdog_ms: int = 5000, stop_after: str | None = None) -> VerifyResult:
+           watchdog_ms: int = 5000, stop_after: str | None = None, include_dirs: Sequence[Path | str] = (),
+           overrides: dict[str, int] | None = None) -> VerifyResult:
     """Run all stages on one source file (stops at the first failing stage)."""
-    return verify_many([source], setup=setup, vm=vm, watchdog_ms=watchdog_ms, stop_after=stop_after)[0]
+    return verify_many([source], setup=setup, vm=vm, watchdog_ms=watchdog_ms, stop_after=stop_after,
+                       include_dirs=include_dirs, overrides=overrides)[0]
 
 
 def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None, vm: MicroVM | None = None,
-                watchdog_ms: int = 5000, stop_after: str | None = None, vm_timeout_s: float | None = None
+                watchdog_ms: int = 5000, stop_after: str | None = None, vm_timeout_s: float | None = None,
+                include_dirs: Sequence[Path | str] = (), overrides: dict[str, int] | None = None
                 ) -> list[VerifyResult]:
     """Verify several schedulers; those that reach stage 3 share one micro-VM boot.
 
     If that boot dies midway (a scheduler wedged the guest), the schedulers it
     did not get to are retried in a boot of their own, so one bad candidate
     cannot hide the verdicts of the others.
+
+    Before the guest stages, each object gets what its loader would set
+    (``prepare.plan_load``: SCX enums from the guest kernel's BTF, tunables
+    from the VM's CPU count, ``RESIZE_ARRAY`` sizes); ``object_path`` then holds
+    those initialized bytes, the ones loaded here and by ``measure``.  What
+    cannot be inferred fails the static stage with a one-line reason
+    (``overrides``, i.e. ``--set NAME=VALUE``, supplies it).
     """
     setup = setup or ensure_setup(progress=False)
+    vm = vm or MicroVM(setup)
+    target = guest_target(setup, vm.cpus)
     results: list[VerifyResult] = []
     pending: list[tuple[VerifyResult, bytes]] = []
     t_all = time.monotonic()
@@ -300,7 +368,7 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
         t0 = time.monotonic()
         vr = VerifyResult(source=source, ok=False)
         results.append(vr)
-        v, b = _stage_compile(source, setup)
+        v, b = _stage_compile(source, setup, include_dirs)
         vr.stages.append(v)
         if not v.ok:
             _skip_rest(vr, "compile")
@@ -308,8 +376,11 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
             continue
         vr.object_path = b.object_path
         obj = b.object_path.read_bytes()
+        v, rep = _stage_static(source, obj, setup, include_dirs)
+        if v.ok:
+            v, obj = _initialize(source, obj, target, overrides, v, vr)
+            b.object_path.write_bytes(obj)
         vr.facts["object_sha256"] = hashlib.sha256(obj).hexdigest()  # host mode loads only these bytes
-        v, rep = _stage_static(source, obj, setup)
         vr.stages.append(v)
         vr.ops_name = next(iter(rep.ops_names.values()), "")
         vr.facts.update(kfuncs_used=rep.kfuncs_used, tunables=rep.tunables)
@@ -325,8 +396,7 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
             continue
         pending.append((vr, obj))
     if pending:
-        vm = vm or MicroVM(setup)
-        _run_guest(pending, vm, vm_timeout_s, retry=True)
+        _run_guest(pending, vm, vm_timeout_s, retry=True, enums=target.enums)
     for vr in results:
         ran_ok = all(v.ok for v in vr.stages if not v.skipped)
         vr.ok = ran_ok and (stop_after is not None or not any(v.skipped for v in vr.stages))
@@ -335,12 +405,30 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
     return results
 
 
+def _initialize(source: Path, obj: bytes, target: Target, overrides: dict[str, int] | None, v: Verdict,
+                vr: VerifyResult) -> tuple[Verdict, bytes]:
+    """Apply the loader's pre-load initialization; a problem turns the static verdict into a failure."""
+    plan = plan_load(source, obj, target, overrides)
+    vr.facts["load_plan"] = plan.facts()
+    if plan.problems:
+        return v.model_copy(update={"ok": False, "reason": plan.problems[0],
+                                    "details": plan.problems[1:] + v.details}), obj
+    if plan.values or plan.resizes:
+        obj = apply_to_elf(obj, plan)
+        note = f"initialized {len(plan.values)} read-only global(s) for {plan.target}"
+        if plan.resizes:
+            note += f", resized {', '.join(plan.resizes)}"
+        v = v.model_copy(update={"details": [*v.details, note]})
+    return v, obj
+
+
 def _skip_rest(vr: VerifyResult, after: str, reason: str = "") -> None:
     for st in STAGES[STAGES.index(after) + 1:]:
         vr.stages.append(Verdict(stage=st, ok=False, skipped=True, reason=reason or f"not run ({after} did not pass)"))
 
 
-def _run_guest(pending: list[tuple[VerifyResult, bytes]], vm: MicroVM, timeout_s: float | None, retry: bool) -> None:
+def _run_guest(pending: list[tuple[VerifyResult, bytes]], vm: MicroVM, timeout_s: float | None, retry: bool,
+               enums: dict[str, Enumerator] | None = None) -> None:
     n = len(pending)
     files = {f"/aios/obj/sched{i}.bpf.o": obj for i, (_vr, obj) in enumerate(pending)}
     timeout = timeout_s or (60 + n * (SMOKE_DEADLINE_S + 30))
@@ -359,13 +447,13 @@ def _run_guest(pending: list[tuple[VerifyResult, bytes]], vm: MicroVM, timeout_s
         if not kv.ok:
             _skip_rest(vr, "kernel_verifier")
         else:
-            dv, facts = _dynamic_verdict(i, res, vr.ops_name, share)
+            dv, facts = _dynamic_verdict(i, res, vr.ops_name, share, enums)
             vr.stages.append(dv)
             vr.facts.update(facts)
         vr.facts["vm"] = {"boot_s": res.duration_s, "accel": res.accel, "batch": n, "timed_out": res.timed_out}
         vr.total_s = round(vr.total_s + share, 2)
     for item in retry_list:
-        _run_guest([item], vm, timeout_s, retry=False)
+        _run_guest([item], vm, timeout_s, retry=False, enums=enums)
 
 
 def verdicts_json(results: list[VerifyResult]) -> str:

@@ -41,7 +41,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,13 +258,16 @@ class MicroVM:
         ]
 
     def run(self, script: str, files: Mapping[str, bytes | str | Path] | None = None,
-            timeout_s: float | None = None, accel: str | None = None, tools: bool | None = None) -> VMResult:
+            timeout_s: float | None = None, accel: str | None = None, tools: bool | None = None,
+            archives: Sequence[Path] = ()) -> VMResult:
         """Boot, run ``script`` (POSIX sh, busybox) as ``/aios/job.sh``, power off, return results.
 
         ``files`` maps guest paths to bytes/str/host ``Path``; they appear in
         the guest before the job starts.  The job's status becomes
         ``VMResult.exit_code``.  ``tools``: append the workload-tools archive
         (stress-ng …); None = only when the script names one of those programs.
+        ``archives``: more cpio archives for this boot only (e.g. the guest
+        Python of ``setup.python_guest``).
         """
         timeout = self.timeout_s if timeout_s is None else timeout_s
         accel = accel or self.accel
@@ -293,7 +296,7 @@ class MicroVM:
                     tools = any(re.search(rf"\b{re.escape(p)}\b", script) for p in self.setup.tools_programs)
                 if tools and self.setup.tools_initramfs is not None and self.setup.tools_initramfs.is_file():
                     out.write(self.setup.tools_initramfs.read_bytes())
-                for p in self.setup.extra_initramfs:
+                for p in [*self.setup.extra_initramfs, *archives]:
                     out.write(Path(p).read_bytes())
                 out.write(extra)
             console_log, result_log = t / "console.log", t / "result.log"
