@@ -117,6 +117,8 @@ def serve() -> None:
     import sympy  # noqa: F401 - imported once, before the first request
 
     out = sys.stdout
+    out.write("ready\n")  # the kernel times requests from here: start-up is not a request's cost
+    out.flush()
     for line in sys.stdin:
         try:
             answer = {"ok": evaluate(json.loads(line)["expression"])}
@@ -131,8 +133,9 @@ def serve() -> None:
 class Calculator:
     """One worker process per tool manager; calls are serialised (the tool has one slot)."""
 
-    def __init__(self, timeout: float = 10.0):
+    def __init__(self, timeout: float = 10.0, startup_timeout: float = 120.0):
         self.timeout = timeout
+        self.startup_timeout = startup_timeout
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -144,7 +147,28 @@ class Calculator:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                 start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
             )  # fmt: skip
+            if self._exchange(None, self.startup_timeout) != "ready\n":
+                self._kill()
+                raise CalculatorError("the calculator worker did not start")
         return self._proc
+
+    def _exchange(self, request: str | None, timeout: float) -> str | None:
+        """Send one line (or none) and read one, on a helper thread; None if it took too long."""
+        proc, box = self._proc, {}
+
+        def io() -> None:
+            try:
+                if request is not None:
+                    proc.stdin.write(request + "\n")
+                    proc.stdin.flush()
+                box["line"] = proc.stdout.readline(4 * MAX_RESULT)
+            except (OSError, ValueError) as exc:
+                box["line"] = json.dumps({"error": "WorkerError", "message": str(exc)})
+
+        th = threading.Thread(target=io, name="aios-calculator-io", daemon=True)
+        th.start()
+        th.join(timeout)
+        return None if th.is_alive() else box.get("line", "")
 
     def _kill(self) -> None:
         if self._proc is not None:
@@ -165,25 +189,11 @@ class Calculator:
         """
         _to_sympy(parse(expression), None)  # bad syntax and names answered here, without the worker
         with self._lock:
-            proc = self._worker()
-            box: dict[str, Any] = {}
-
-            def ask() -> None:
-                try:
-                    proc.stdin.write(json.dumps({"expression": expression}) + "\n")
-                    proc.stdin.flush()
-                    box["line"] = proc.stdout.readline(4 * MAX_RESULT)
-                except (OSError, ValueError) as exc:
-                    box["line"] = json.dumps({"error": "WorkerError", "message": str(exc)})
-
-            reader = threading.Thread(target=ask, name="aios-calculator-io", daemon=True)
-            reader.start()
-            reader.join(self.timeout)
-            if reader.is_alive():
-                self._kill()  # the reader's pipe closes with it
-                reader.join(5)
+            self._worker()
+            line = self._exchange(json.dumps({"expression": expression}), self.timeout)
+            if line is None:
+                self._kill()  # the helper thread's pipe closes with it
                 raise CalculatorTimeout(f"calculator did not finish within {self.timeout:g}s (worker restarted)")
-            line = box.get("line") or ""
             if not line.endswith("\n"):
                 self._kill()
                 raise CalculatorError("the calculator worker died (memory or output limit)")

@@ -67,6 +67,7 @@ class SandboxLimits:
     pids: int = 16  # processes and threads at once (cgroup)
     nofile: int = 64
     max_output: int = 65536  # bytes kept per stream
+    audit_hook: bool = True  # the second layer; tests turn it off to attack the namespaces alone
 
     @property
     def cpu_s(self) -> int:
@@ -237,7 +238,8 @@ def _install():
             raise PermissionError("sandbox: rewriting functions is not allowed")
 
     sys.addaudithook(guard)
-_install()
+if {hook}:
+    _install()
 del _install, lim, v
 exec(compile(code, "<agent>", "exec"), {{"__name__": "__main__"}})
 """
@@ -254,7 +256,7 @@ def run_sandboxed(code: str, limits: SandboxLimits | None = None) -> dict[str, A
         raise SandboxUnavailable(f"the python tool needs Linux namespaces: {why}")
     launcher = _LAUNCHER.format(
         cpu=limits.cpu_s, mem=limits.memory_mb << 20, fsize=limits.file_mb << 20,
-        nofile=limits.nofile, pids=limits.pids,
+        nofile=limits.nofile, pids=limits.pids, hook=limits.audit_hook,
     )  # fmt: skip
     argv = bwrap_argv(limits) + [str(_interpreter()), "-I", "-S", "-X", "utf8", "-c", launcher]
     cg = _Cgroup(limits)

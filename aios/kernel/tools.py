@@ -440,7 +440,8 @@ def install_builtins(tm: ToolManager) -> None:
     """Register the offline built-in tools."""
     everyone = ("admin", "user", "guest")
     calc = Calculator(timeout=10)  # one worker process per tool manager (so per kernel)
-    tm.register(calc.calculator, name="calculator", timeout=15, max_concurrency=1, groups=everyone)
+    # its own bounds: 10 s per expression (then the worker is killed), 120 s to start a worker
+    tm.register(calc.calculator, name="calculator", timeout=150, max_concurrency=1, groups=everyone)
     tm._closers.append(calc.close)
     tm.register(current_time, timeout=5, groups=everyone)
     # code execution: a few at a time, each in its own limited subprocess
