@@ -53,7 +53,7 @@ FIGURES: dict[str, float] = {}
 class World:
     def __init__(self, root: Path):
         self.root = root
-        self.kernel = make_kernel(root, workers=8, storage_quota_mb=8)
+        self.kernel = make_kernel(root, workers=8, storage_quota_mb=0.5)
         self.environ = Path("/proc/self/environ").read_bytes()[:64]  # what a leak of ours would show
         self.data = root / "data"
         self.canary = root / "canary"
@@ -481,8 +481,12 @@ def test_calculator_cannot_freeze_the_kernel(world, i):
     if hostile.get("err") == "ToolTimeout" and served_during == 0:
         bad.append("the kernel served no one while the calculator worked")
     record(f"calculator-bomb-{i}", world.harmed() + bad)
-    with aios.agent_context(k, "victim"):
+
+
+def test_calculator_serves_after_the_bombs(world):
+    with aios.agent_context(world.kernel, "victim"):
         assert aios.tool_call("calculator", {"expression": "6*7"})["result"] == 42
+    assert world.kernel.modules["tools"].get("calculator").fn.__self__.restarts >= 1  # bombs were killed
 
 
 @pytest.mark.parametrize("what", ["code-too-long", "output-flood", "stderr-flood", "many-lines"])
@@ -524,7 +528,7 @@ def test_storage_and_queue_floods(world):
         refused = 0
         for i in range(12):
             try:
-                aios.storage_put(f"flood{i}", "z" * (1 << 20))
+                aios.storage_put(f"flood{i}", "z" * 60_000)
             except SyscallFailed as exc:
                 assert exc.error.type == "QuotaExceeded"
                 refused += 1
@@ -574,7 +578,7 @@ def test_queued_python_calls_do_not_starve_others(world):
     t0 = time.monotonic()
     py("print(1)", victim).wait(60)
     alone = time.monotonic() - t0
-    hostile = [py("import time; time.sleep(1)", hog) for _ in range(9)]
+    hostile = [py("import time; time.sleep(0.5)", hog) for _ in range(9)]
     assert _until(lambda: tm.queue.waiting("tool:python", agent="hog") >= 9 - slots)
     # the pool is not held by the queued calls: a memory syscall goes through at once
     mem = k.submit(MemorySyscall(request={"op": "usage"}), victim)
