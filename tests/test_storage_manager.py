@@ -183,7 +183,11 @@ def test_chroma_server_mode(tmp_path):
             k.shutdown()
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:  # a slow exit under load is not the property under test
+            server.kill()
+            server.wait(60)
 
 
 def test_retrieval_minilm(kernel):
