@@ -15,6 +15,10 @@ Tiers:
   distribution over time), plus a cyclictest probe running beside the workload for the wake-up
   latency the workload inflicts.
 
+Both tiers also attach a BPF collector (``probes/task_lifetimes.bpf.c``: fork/exec/exit/switch/
+wake-up tracepoints, filtered to the workload's descendants) for the run, so tasks that live for
+milliseconds — which 0.2 s sampling never sees — are counted too (``WorkloadProfile.lifetimes``).
+
 Public API::
 
     profile(workload, tier="summary", vm=None) -> WorkloadProfile
@@ -24,9 +28,12 @@ Public API::
 
 from __future__ import annotations
 
+import hashlib
+import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -75,6 +82,37 @@ class Distribution(BaseModel):
         return cls(count=len(v), mean=mean, p50=q(0.5), p90=q(0.9), max=v[-1], cv=sd / mean if mean else 0.0)
 
 
+class TaskLifetimes(BaseModel):
+    """What the BPF collector counted: every task of the workload, however short-lived."""
+
+    forks: int = 0
+    execs: int = 0
+    exits: int = 0
+    short_lived: int = Field(0, description="tasks that exited less than 10 ms after they were forked")
+    switches: int = 0
+    wakeups: int = 0
+    voluntary_fraction: float = 0.0
+    lifetime_ms: Distribution = Field(default_factory=Distribution, description="of exited tasks (log2 buckets)")
+    runtime_ms: Distribution = Field(default_factory=Distribution, description="CPU time of exited tasks")
+    max_lifetime_ms: float = 0.0
+
+    @classmethod
+    def from_counters(cls, c: dict[str, Any]) -> TaskLifetimes:
+        """From the collector's ``.bss`` (``bpftool -j map dump``, flattened)."""
+        def hist(name: str) -> list[float]:
+            out: list[float] = []
+            for b, n in enumerate(c.get(name) or []):
+                out += [1.5 * (1 << b) / 1000.0] * int(n)   # bucket b holds [2^b, 2^(b+1)) us
+            return out
+
+        vol, inv = int(c.get("nr_vol_switches", 0)), int(c.get("nr_invol_switches", 0))
+        return cls(forks=int(c.get("nr_forks", 0)), execs=int(c.get("nr_execs", 0)), exits=int(c.get("nr_exits", 0)),
+                   short_lived=int(c.get("nr_short", 0)), switches=int(c.get("nr_switches", 0)),
+                   wakeups=int(c.get("nr_wakeups", 0)), voluntary_fraction=vol / (vol + inv) if vol + inv else 0.0,
+                   lifetime_ms=Distribution.of(hist("lifetime_hist")), runtime_ms=Distribution.of(hist("runtime_hist")),
+                   max_lifetime_ms=int(c.get("max_lifetime_us", 0)) / 1000.0)
+
+
 class TraceSample(BaseModel):
     t_s: float
     runnable: int
@@ -108,6 +146,7 @@ class WorkloadProfile(BaseModel):
     workload_metrics: dict[str, float] = Field(default_factory=dict)
     trace: list[TraceSample] = Field(default_factory=list)
     wakeup_latency_us: dict[str, float] = Field(default_factory=dict, description="trace tier: cyclictest probe")
+    lifetimes: TaskLifetimes | None = Field(None, description="BPF collector: every task, short-lived included")
 
     def to_text(self) -> str:
         """A compact, name-free description (for semantic search and for the planner's prompt)."""
@@ -148,23 +187,48 @@ snap() { # $1 = sample index, $2 = 1 to read /proc/*/sched too (slow: ~60 lines 
 """
 
 
-def guest_script(workload: Workload, tier: Tier) -> str:
+#: The workload starts stopped, the collector is attached with the workload's pid as its filter,
+#: then the workload continues: nothing it forks can be missed.
+_START_WITH_COLLECTOR = r"""
+sh -c 'kill -STOP $$; exec sh /aios/wl_cmd.sh' > /tmp/wl_out.txt 2>&1 &
+WLPID=$!
+n=0; while [ $n -lt 100 ] && ! grep -q '^State:.*stopped' /proc/$WLPID/status 2>/dev/null; do sleep 0.02; n=$((n+1)); done
+mkdir -p /sys/fs/bpf/aios_col
+if bpftool prog loadall /aios/collector.bpf.o /sys/fs/bpf/aios_col autoattach > /tmp/col_load.txt 2>&1; then
+  k=$(printf '%02x %02x %02x %02x' $((WLPID & 255)) $(((WLPID >> 8) & 255)) $(((WLPID >> 16) & 255)) $(((WLPID >> 24) & 255)))
+  bpftool map update name target key hex 00 00 00 00 value hex $k >> /tmp/col_load.txt 2>&1 || echo COLLECTOR-FILTER-FAILED >> /tmp/col_load.txt
+else
+  echo COLLECTOR-LOAD-FAILED >> /tmp/col_load.txt
+fi
+kill -CONT $WLPID
+"""
+
+_DUMP_COLLECTOR = r"""
+id=$(bpftool map show 2>/dev/null | awk -F: '/ name [^ ]*\.bss /{print $1}' | head -1)
+[ -n "$id" ] && bpftool -j map dump id $id > /tmp/col.json 2>&1 && aios_emit collector /tmp/col.json
+grep -q FAILED /tmp/col_load.txt 2>/dev/null && aios_emit collector_load /tmp/col_load.txt
+rm -rf /sys/fs/bpf/aios_col
+"""
+
+
+def guest_script(workload: Workload, tier: Tier, collector: bool = False) -> str:
     period = "0.05" if tier == "trace" else "0.2"
     deep = "1" if tier == "trace" else "0"
     probe = ("cyclictest -q -t 1 -i 2000 -D 2 -h 20000 > /tmp/ct.txt 2>&1 &\n" if tier == "trace" else "")
+    start = _START_WITH_COLLECTOR if collector else "sh /aios/wl_cmd.sh > /tmp/wl_out.txt 2>&1 &\nWLPID=$!\n"
     return f"""[ -f /aios/lib.sh ] && . /aios/lib.sh
 echo 1 > /proc/sys/kernel/sched_schedstats 2>/dev/null
 {_SAMPLER}
 sh /aios/wl_cmd.sh > /dev/null 2>&1   # warm-up
 ls -d /proc/[0-9]*/task/[0-9]* 2>/dev/null | awk -F/ '{{print "B", $5}}' > /tmp/samples.txt
 echo "C $(grep -c ^processor /proc/cpuinfo)" >> /tmp/samples.txt
-{probe}sh /aios/wl_cmd.sh > /tmp/wl_out.txt 2>&1 &
-WLPID=$!
+{probe}{start}
 i=0
 while kill -0 $WLPID 2>/dev/null; do snap $i {deep} >> /tmp/samples.txt 2>/dev/null; i=$((i+1)); sleep {period}; done
 wait $WLPID
 snap $i {deep} >> /tmp/samples.txt 2>/dev/null
 wait
+{_DUMP_COLLECTOR if collector else ""}
 aios_emit samples /tmp/samples.txt
 aios_emit wl_out /tmp/wl_out.txt
 [ -f /tmp/ct.txt ] && aios_emit cyclictest /tmp/ct.txt
@@ -250,8 +314,35 @@ def parse_samples(text: str, workload: str = "", tier: Tier = "summary",
         trace=trace, wakeup_latency_us=wakeup_latency or {})
 
 
-def profile(workload: str | Workload, tier: Tier = "summary", vm: Any = None) -> WorkloadProfile:
-    """Run ``workload`` once under the default scheduler in the micro-VM and profile it."""
+COLLECTOR_SOURCE = Path(__file__).resolve().parent / "probes" / "task_lifetimes.bpf.c"
+
+
+def collector_object(setup: Any = None) -> Path | None:
+    """The collector compiled for the guest kernel, cached by source and compiler (None if it cannot build)."""
+    from .build import compile_bpf
+    from .setup import ensure_setup
+
+    setup = setup or ensure_setup(progress=False)
+    key = hashlib.sha256(COLLECTOR_SOURCE.read_bytes() + setup.clang.encode() + setup.kernel_release.encode())
+    out = Path(setup.cache_dir) / "probes" / f"task_lifetimes-{key.hexdigest()[:16]}.bpf.o"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    b = compile_bpf(COLLECTOR_SOURCE, tmp, setup=setup)
+    if not b.ok:
+        tmp.unlink(missing_ok=True)
+        return None
+    tmp.replace(out)
+    return out
+
+
+def profile(workload: str | Workload, tier: Tier = "summary", vm: Any = None, collector: bool = True) -> WorkloadProfile:
+    """Run ``workload`` once under the default scheduler in the micro-VM and profile it.
+
+    ``collector``: attach the BPF collector for the measured run (``lifetimes``); skipped, with the
+    rest of the profile intact, when it cannot be built or loaded.
+    """
     w = get_workload(workload) if isinstance(workload, str) else workload
     if vm is None:
         from .vm import MicroVM
@@ -259,8 +350,11 @@ def profile(workload: str | Workload, tier: Tier = "summary", vm: Any = None) ->
         vm = MicroVM()
     files: dict[str, Any] = dict(guest_files(w))
     files["/aios/wl_cmd.sh"] = w.command + "\n"
+    col = collector_object(vm.setup) if collector else None
+    if col is not None:
+        files["/aios/collector.bpf.o"] = col
     kw = {"tools": True} if (w.guest_tools or tier == "trace") else {}
-    res = vm.run(guest_script(w, tier), files=files, timeout_s=90 + w.approx_guest_s * 8, **kw)
+    res = vm.run(guest_script(w, tier, col is not None), files=files, timeout_s=90 + w.approx_guest_s * 8, **kw)
     if not res.ok or "samples" not in res.blobs:
         raise RuntimeError(f"profiling {w.name} failed: {res.describe_failure()} {res.output[-800:]}")
     try:
@@ -275,4 +369,12 @@ def profile(workload: str | Workload, tier: Tier = "summary", vm: Any = None) ->
             lat = _parse_cyclictest(res.blobs["cyclictest"])
         except ValueError:
             lat = {}
-    return parse_samples(res.blobs["samples"], w.name, tier, metrics, lat)
+    prof = parse_samples(res.blobs["samples"], w.name, tier, metrics, lat)
+    if "collector" in res.blobs and "collector_load" not in res.blobs:
+        from .bpftool import datasec_values, parse_map_dump
+
+        try:
+            prof.lifetimes = TaskLifetimes.from_counters(datasec_values(parse_map_dump(res.blobs["collector"])))
+        except (ValueError, TypeError):
+            prof.lifetimes = None
+    return prof

@@ -256,3 +256,23 @@ def test_host_mode_loader_in_vm(setup_info, upstream_verdicts):
     assert out["exit_while_loaded"]["kind"] == 0
     assert out["exit_after_unload"]["kind"] == 64 and "unregistered" in out["exit_after_unload"]["reason"], out
     assert 'BPF scheduler "simple" enabled' in text and 'BPF scheduler "simple" disabled' in text
+
+
+def test_upstream_entries_for_the_repository(setup_info, tmp_path):
+    """The kernel's examples enter the policy repository as origin 'upstream', next to the seeds."""
+    from aios.kernel.embedding import HashEmbedder
+    from aios.sched_ext.repository import PolicyRepository, load_upstream_entries
+
+    entries = load_upstream_entries(setup_info.scx_dir, {"scx_central": {"nr_cpu_ids": 2}})
+    names = {e.name for e in entries}
+    assert {"scx_simple", "scx_central", "scx_flatcg"} <= names
+    central = next(e for e in entries if e.name == "scx_central")
+    assert central.origin == "upstream" and "upstream" in central.tags
+    assert central.source == (setup_info.scx_dir / "scx_central.bpf.c").read_text()
+    assert central.tunables["nr_cpu_ids"].default == 2
+    repo = PolicyRepository(tmp_path / "r", embedder=HashEmbedder(dim=64))
+    seeds = len(repo)
+    for e in entries:
+        repo.add(e)
+    assert len(repo) == seeds + len(entries) and len(repo.list(tag="upstream")) == len(entries)
+    repo.close()
