@@ -64,6 +64,9 @@ class KernelConfig(BaseModel):
     data_dir: Path | None = Field(None, description="where storage lives; a temporary directory when None")
     cache_dir: Path | None = Field(None, description="model cache; ~/.cache/aios when None")
     workers: int = Field(8, ge=1, description="threads serving non-LLM syscalls")
+    history_limit: int = Field(
+        100_000, ge=1, description="syscalls the kernel keeps for history()/metrics(), oldest dropped first"
+    )
     storage_url: str | None = Field(
         None, description="chromadb server URL (e.g. http://127.0.0.1:8000); embedded when None"
     )

@@ -128,7 +128,9 @@ class LLMEngine:
         self._lock = threading.RLock()
         self._closed = False
         self._stats = EngineStats()
-        self.records: list[dict[str, Any]] = []  # per finished request (benchmarks read these)
+        # per finished request (benchmarks read these); bounded like the kernel's history, so a
+        # long-running engine does not grow without end
+        self.records: deque[dict[str, Any]] = deque(maxlen=self.config.history_limit)
         # per step: agents holding rows (bounded; tests and debugging read the schedule from it)
         self.trace: deque[tuple[str, ...]] = deque(maxlen=trace_len)
 

@@ -68,7 +68,7 @@ class Kernel:
         self._wake = threading.Condition()
         self._stop = False
         self._llm_thread: threading.Thread | None = None
-        self._history: deque[Syscall] = deque(maxlen=100_000)
+        self._history: deque[Syscall] = deque(maxlen=self.config.history_limit)
         self._history_lock = threading.Lock()
         self.modules: dict[str, Any] = {}
         self.identities: IdentityRegistry  # set by the access manager's installation
