@@ -73,7 +73,7 @@ LLMSyscallBody = CALL_MODELS[0]
 
 def call_of(syscall: Syscall) -> dict[str, Any]:
     """The wire form of a syscall the SDK built (client side)."""
-    return {"kind": syscall.kind, "request": syscall.request.model_dump(mode="json", exclude_unset=True)}
+    return {"kind": syscall.kind, "request": syscall.request.model_dump(mode="json")}  # defaults too: ``op``
 
 
 class SyscallOut(BaseModel):
