@@ -480,6 +480,10 @@ def test_calculator_cannot_freeze_the_kernel(world, i):
     bad = [] if not th.is_alive() and ("err" in hostile or len(repr(hostile.get("out"))) < 200_000) else ["unbounded"]
     if hostile.get("err") == "ToolTimeout" and served_during == 0:
         bad.append("the kernel served no one while the calculator worked")
+    if "err" in hostile and not any(
+        r["detail"].startswith(hostile["err"]) for r in k.modules["access"].audit_log(agent="mallory", outcome="failed")
+    ):
+        bad.append("the hostile call's failure left no audit record")
     record(f"calculator-bomb-{i}", world.harmed() + bad)
 
 
@@ -532,7 +536,10 @@ def test_storage_and_queue_floods(world):
             except SyscallFailed as exc:
                 assert exc.error.type == "QuotaExceeded"
                 refused += 1
-    record("storage-flood", world.harmed() + ([] if st.usage("mallory")[0] <= quota and refused else ["quota not enforced"]))
+    audited = [r for r in k.modules["access"].audit_log(agent="mallory", outcome="failed", limit=100_000)
+               if r["detail"].startswith("QuotaExceeded")]  # fmt: skip
+    record("storage-flood", world.harmed() + ([] if st.usage("mallory")[0] <= quota and refused else ["quota not enforced"])
+           + ([] if len(audited) >= refused else ["refusals not audited"]))  # fmt: skip
     tm = k.modules["tools"]
     refused_before = tm.queue.refused
     gate, calls = threading.Event(), []

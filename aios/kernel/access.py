@@ -109,7 +109,7 @@ class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     op: Literal["audit"] = "audit"
     agent: str | None = Field(None, max_length=128)
-    outcome: Literal["allowed", "denied"] | None = None
+    outcome: Literal["allowed", "denied", "failed"] | None = None
     since: float | None = None
     limit: int = Field(1000, ge=1, le=100_000)
 
@@ -343,6 +343,16 @@ class AccessManager:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), agent, action, resource, operation, outcome, detail, syscall_id),
             )
+
+    def outcome(self, syscall: Syscall) -> None:
+        """The kernel's done-callback: a syscall that ended in a typed error (a timeout, a quota, a
+        tool that failed, a full queue) leaves an audit row with outcome ``failed``; refusals were
+        recorded as ``denied`` by the hook already."""
+        err = syscall.error
+        if err is None or err.type == "PermissionDenied":
+            return
+        self._audit(syscall.agent or "?", "failed", f"{syscall.kind}:{syscall.agent}", "-", "failed",
+                    f"{err.type}: {err.message[:300]}", syscall.id)  # fmt: skip
 
     def record(
         self, agent: str, action: str, resource: str, operation: str, outcome: str, detail: str = ""

@@ -64,6 +64,7 @@ class Kernel:
         self._llm_lock = threading.Lock()
         self._handlers: dict[str, Handler] = {}
         self._access_hook: AccessHook | None = None
+        self._outcome_hook: Callable[[Syscall], None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="aios-sys")
         self._wake = threading.Condition()
         self._stop = False
@@ -98,8 +99,10 @@ class Kernel:
         """Run ``fn`` on the kernel's pool (modules hand admitted work back to it this way)."""
         self._pool.submit(fn)
 
-    def set_access_hook(self, hook: AccessHook) -> None:
+    def set_access_hook(self, hook: AccessHook, outcome: Callable[[Syscall], None] | None = None) -> None:
+        """``hook`` may refuse a syscall before it runs; ``outcome`` is told of each one that finished."""
         self._access_hook = hook
+        self._outcome_hook = outcome
 
     # -- LLM core ----------------------------------------------------------------------------------
     @property
@@ -187,6 +190,8 @@ class Kernel:
             raise SyscallRejected(f"no module serves {syscall.kind!r} syscalls in this kernel")
         with self._history_lock:
             self._history.append(syscall)
+        if self._outcome_hook is not None:
+            syscall.add_done_callback(self._outcome_hook)
         if syscall.kind == LLMSyscall.kind:
             if self._refused(syscall):
                 return syscall

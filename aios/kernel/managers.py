@@ -47,7 +47,7 @@ def install_managers(kernel: Any) -> None:
     access.govern(MemorySyscall.kind, memory.resources)
     access.govern(StorageSyscall.kind, storage.resources)
     access.govern(ToolSyscall.kind, tools.resources)
-    kernel.set_access_hook(access.hook)
+    kernel.set_access_hook(access.hook, access.outcome)
     kernel.identities = access.identities
     kernel.register(IdentitySyscall.kind, access.identities.handle)
 

@@ -13,6 +13,7 @@ on it. Callers wait on a syscall in a thread (``wait``) or in asyncio (``await s
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -82,6 +83,7 @@ class Syscall(BaseModel):
     _done: threading.Event = PrivateAttr(default_factory=threading.Event)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _callbacks: list = PrivateAttr(default_factory=list)
+    _finishing: bool = PrivateAttr(default=False)
     _claimed: bool = PrivateAttr(default=False)
 
     def __hash__(self) -> int:
@@ -156,17 +158,28 @@ class Syscall(BaseModel):
         at: float | None = None,
     ) -> None:
         with self._lock:
-            if self._done.is_set():
+            if self._finishing:
                 return
+            self._finishing = True
             now = time.time() if at is None else at
             if self.scheduled_at is None:
                 self.scheduled_at = now
             self.finished_at = now
             self.result, self.error, self.status = result, error, status
-            callbacks, self._callbacks = self._callbacks, []
-            self._done.set()
-        for cb in callbacks:
-            cb(self)
+        # Callbacks (the audit record of a failure, the journal's record of a result) run before any
+        # waiter wakes: what the caller is told has been recorded already. One that raises is logged;
+        # it cannot keep the waiters asleep.
+        while True:
+            with self._lock:
+                callbacks, self._callbacks = self._callbacks, []
+                if not callbacks:
+                    self._done.set()
+                    return
+            for cb in callbacks:
+                try:
+                    cb(self)
+                except Exception:  # noqa: BLE001 - a recorder's bug must not lose the result
+                    logging.getLogger("aios.kernel").exception("syscall done-callback failed")
 
     def add_done_callback(self, cb) -> None:
         """Run ``cb(syscall)`` once it finishes (at once if it already has)."""
