@@ -8,7 +8,8 @@ depend on its neighbours (a reduction's blocking and vector tails change with it
 here: ``F.scaled_dot_product_attention`` over a masked, padded block differs from the unpadded one
 by ~1e-7). To make a row's numerics independent of ``L``, every reduction over keys is split:
 
-1. scores per chunk: ``q @ k_chunk^T`` (the dot products run over ``head_dim``, never over ``L``);
+1. scores per chunk: ``q @ k_chunk^T`` (the dot products run over ``head_dim``, never over ``L``),
+   plus an additive 0/-inf mask;
 2. the row max over all chunks (a max is exact in any order), ``e = exp(s - max)``;
 3. per chunk, ``e_chunk @ v_chunk`` and ``sum(e_chunk)`` (reductions of a fixed length ``CHUNK``);
 4. the per-chunk partial results summed over chunks with ``cumsum`` (a sequential scan), whose
@@ -31,26 +32,30 @@ def padded_len(n: int) -> int:
     return max(CHUNK, -(-n // CHUNK) * CHUNK)
 
 
-def ragged_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, scaling: float
-) -> torch.Tensor:
-    """``q [R, KVH, M, D]`` over ``k, v [R, KVH, L, D]`` (``L % CHUNK == 0``); ``qpos [R, M]`` long.
+def attention_bias(qpos: torch.Tensor, key_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask for ``ragged_attention``: ``qpos [R, M]`` -> ``[R, 1, nc, M, CHUNK]`` of 0 / -inf.
 
-    Query ``m`` of row ``r`` sees keys ``0..qpos[r, m]``. Queries of the ``g`` heads sharing a KV
-    head are stacked in ``M`` (grouped-query attention without repeating K/V). Every row must see
-    at least key 0 (padding queries use position 0). Returns ``[R, KVH, M, D]``.
+    Query ``m`` of row ``r`` sees keys ``0..qpos[r, m]``. Built once per forward (all layers share it).
+    """
+    R, M = qpos.shape
+    nc = key_len // CHUNK
+    keypos = torch.arange(key_len, device=qpos.device).view(1, 1, nc, 1, CHUNK)
+    visible = keypos <= qpos.view(R, 1, 1, M, 1)
+    return torch.zeros(visible.shape, dtype=dtype, device=qpos.device).masked_fill_(~visible, float("-inf"))
+
+
+def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``q [R, KVH, M, D]`` (already scaled) over ``k, v [R, KVH, L, D]``, ``L % CHUNK == 0``.
+
+    ``bias`` is ``attention_bias(...)``. Queries of the ``g`` heads sharing a KV head are stacked in
+    ``M`` (grouped-query attention without repeating K/V). Every query must see at least key 0
+    (padding queries use position 0). Returns ``[R, KVH, M, D]``.
     """
     R, KVH, L, D = k.shape
     nc = L // CHUNK
-    kc = k.view(R, KVH, nc, CHUNK, D)
-    vc = v.view(R, KVH, nc, CHUNK, D)
-    s = torch.matmul(q.unsqueeze(2), kc.transpose(-1, -2))  # [R, KVH, nc, M, C]
-    s = s * scaling
-    keypos = torch.arange(L, device=q.device).view(1, 1, nc, 1, CHUNK)
-    visible = keypos <= qpos.view(R, 1, 1, -1, 1)
-    s = s.masked_fill(~visible, float("-inf"))
-    m = s.amax(dim=(2, 4), keepdim=True)
-    e = torch.exp(s - m)
-    num = torch.matmul(e, vc).cumsum(dim=2)[:, :, -1]  # [R, KVH, M, D]
+    s = torch.matmul(q.unsqueeze(2), k.view(R, KVH, nc, CHUNK, D).transpose(-1, -2))  # [R, KVH, nc, M, C]
+    s = s + bias
+    e = torch.exp(s - s.amax(dim=(2, 4), keepdim=True))
+    num = torch.matmul(e, v.view(R, KVH, nc, CHUNK, D)).cumsum(dim=2)[:, :, -1]  # [R, KVH, M, D]
     den = e.sum(dim=-1).cumsum(dim=2)[:, :, -1]  # [R, KVH, M]
     return num / den.unsqueeze(-1)

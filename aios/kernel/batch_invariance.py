@@ -22,6 +22,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from aios.kernel.attention import CHUNK
+
 CANDIDATES = (1, 2, 4, 8, 16)
 PROBES = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 257)
 
@@ -31,7 +33,7 @@ def _rows(fn, x: torch.Tensor, counts) -> dict[int, bytes]:
 
 
 @functools.lru_cache(maxsize=32)
-def _measure(shapes: tuple[tuple[int, int], ...], dtype: torch.dtype, device: str, threads: int) -> int | None:
+def _measure(shapes: tuple[tuple[int, int], ...], head_dim: int, dtype, device: str, threads: int) -> int | None:
     gen = torch.Generator(device="cpu").manual_seed(0)
     stable_from = 1
     for n, k in shapes:
@@ -40,10 +42,10 @@ def _measure(shapes: tuple[tuple[int, int], ...], dtype: torch.dtype, device: st
         x = torch.randn(max(counts), k, generator=gen).to(device=device, dtype=dtype)
         got = _rows(lambda a, w=w: F.linear(a, w), x, counts)
         stable_from = max(stable_from, _first_stable(got))
-    # attention's matmuls: [M, D] @ [D, C] (scores) and [M, C] @ [C, D] (values), batched
-    for a_shape, b_shape in (((64, 64), (64, 64)),):
-        a = torch.randn(3, 257, *a_shape[1:], generator=gen).to(device=device, dtype=dtype)
-        b = torch.randn(3, *b_shape, generator=gen).to(device=device, dtype=dtype)
+    # attention's batched matmuls: [M, D] @ [D, CHUNK] (scores) and [M, CHUNK] @ [CHUNK, D] (values)
+    for inner, outer in ((head_dim, CHUNK), (CHUNK, head_dim)):
+        a = torch.randn(3, max(PROBES), inner, generator=gen).to(device=device, dtype=dtype)
+        b = torch.randn(3, inner, outer, generator=gen).to(device=device, dtype=dtype)
         got = {m: torch.matmul(a[:, :m], b)[0, 0].float().cpu().numpy().tobytes() for m in PROBES}
         stable_from = max(stable_from, _first_stable(got))
     return next((c for c in CANDIDATES if c >= stable_from), None)
@@ -60,19 +62,8 @@ def _first_stable(got: dict[int, bytes]) -> int:
     return first if first != counts[-1] else 10**9
 
 
-def min_stable_rows(model, dtype: torch.dtype, device: torch.device, head_dim: int) -> int | None:
-    """The row count from which this model's matmuls are row-invariant here (``None``: never, up to 16)."""
-    cfg = model.config
-    hidden = cfg.hidden_size
-    inter = getattr(cfg, "intermediate_size", 4 * hidden)
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    shapes = (
-        (heads * head_dim, hidden),
-        (kv_heads * head_dim, hidden),
-        (hidden, heads * head_dim),
-        (inter, hidden),
-        (hidden, inter),
-        (cfg.vocab_size, hidden),
-    )
-    return _measure(tuple(dict.fromkeys(shapes)), dtype, str(device), torch.get_num_threads())
+def min_stable_rows(shapes, dtype: torch.dtype, device: torch.device, head_dim: int) -> int | None:
+    """The row count from which matmuls with these weight ``shapes`` ``(out, in)`` (and attention's,
+    ``head_dim`` wide) are row-invariant here (``None``: not up to 16)."""
+    shapes = tuple(dict.fromkeys((int(n), int(k)) for n, k in shapes))
+    return _measure(shapes, head_dim, dtype, str(device), torch.get_num_threads())

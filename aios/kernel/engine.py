@@ -346,10 +346,16 @@ class LLMEngine:
         return out
 
     def _advance(self, work: list[Work], logits: list[torch.Tensor | None]) -> None:
-        for w, lg in zip(work, logits, strict=True):
-            if lg is None or w.seq.status is not SeqStatus.RUNNING:
-                continue
-            seq = w.seq
+        live = [(w, lg) for w, lg in zip(work, logits, strict=True) if lg is not None and w.seq.status is SeqStatus.RUNNING]
+        if not live:
+            return
+        # the step's one host sync: every row's greedy token, or -1 where a logit is NaN/inf
+        flat = torch.cat([lg for _, lg in live])
+        tops = torch.where(torch.isfinite(flat).all(dim=-1), flat.argmax(dim=-1), -1).tolist()
+        row = 0
+        for w, lg in live:
+            seq, greedy = w.seq, tops[row : row + lg.shape[0]]
+            row += lg.shape[0]
             try:
                 if w.prefill:
                     seq.kv_len = len(seq.prompt_ids)
@@ -358,8 +364,9 @@ class LLMEngine:
                 else:
                     seq.kv_len += 1
                 self._stats.generated_tokens += 1
-                require_finite(lg)  # NaN/inf logits fail this request (NumericalError), never sample garbage
-                reason = self.sampler.advance(seq, lg)
+                if -1 in greedy:
+                    require_finite(lg)  # NaN/inf logits fail this request (NumericalError), never sample garbage
+                reason = self.sampler.advance(seq, lg, greedy)
                 if reason is not None:
                     self._finish(seq, reason)
             except Exception as exc:

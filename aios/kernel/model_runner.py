@@ -23,8 +23,9 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from aios.kernel.attention import padded_len, ragged_attention
+from aios.kernel.attention import attention_bias, padded_len, ragged_attention
 from aios.kernel.batch_invariance import min_stable_rows
 from aios.kernel.kv_cache import SlotKVCache
 
@@ -59,23 +60,28 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.max_rows = max_rows
         self.vocab_size = cfg.vocab_size
-        self.layers = list(model.model.layers)
         self.heads = cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.max_len = max_len or getattr(cfg, "max_position_embeddings", 2048)
+        self.layers = [FusedLayer(layer, self.heads, self.kv_heads, self.head_dim) for layer in model.model.layers]
+        self.eps = model.model.norm.variance_epsilon
         self.cache = SlotKVCache(
             len(self.layers), max_rows, self.kv_heads, self.head_dim, self.dtype, self.device, self.max_len
         )
         self.free_slots: list[int] = list(range(max_rows))
-        stable = min_stable_rows(model, self.dtype, self.device, self.head_dim) if batch_invariant else 1
+        shapes = [tuple(w.shape) for w in self.layers[0].weights()] + [tuple(model.lm_head.weight.shape)]
+        stable = min_stable_rows(shapes, self.dtype, self.device, self.head_dim) if batch_invariant else 1
         self.fixed_rows = stable is None
         self.min_rows = max_rows if stable is None else stable
         with torch.inference_mode():  # rotary tables for every position (the model's own rotary code)
             pos = torch.arange(padded_len(self.max_len), device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = model.model.rotary_emb(probe, pos)
-        self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
+            half = self.head_dim // 2
+            # rope(x) = x * cos + roll(x, half) * sin_signed, with rotate_half's sign folded into sin
+            self.cos = cos[0]
+            self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
     # -- slots -------------------------------------------------------------------------------------
     def alloc(self, n: int) -> list[int]:
@@ -113,63 +119,92 @@ class ModelRunner:
     def _forward(self, chunks: list[Chunk], pad_to: int) -> torch.Tensor:
         dev = self.device
         ids = [t for c in chunks for t in c.ids]
-        positions = [p for c in chunks for p in range(c.start, c.end)]
-        slots = [c.slot for c in chunks for _ in c.ids]
         n_real = len(ids)
         pad = max(0, pad_to - n_real)
+        T = n_real + pad
         self.cache.ensure_capacity(padded_len(max(c.end for c in chunks)))
         ids_t = torch.tensor(ids + [0] * pad, dtype=torch.long, device=dev)
-        pos_t = torch.tensor(positions + [0] * pad, dtype=torch.long, device=dev)
-        slot_t = torch.tensor(slots, dtype=torch.long, device=dev)
-        groups = self._attention_groups(chunks, dev)
+        pos_t = torch.tensor([p for c in chunks for p in range(c.start, c.end)] + [0] * pad, dtype=torch.long, device=dev)
+        slot_t = torch.tensor([c.slot for c in chunks for _ in c.ids], dtype=torch.long, device=dev)
+        groups = _groups(chunks, self, dev)
         cos, sin = self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1)  # [T, 1, D]
-        T = n_real + pad
+        H, KVH, D = self.heads, self.kv_heads, self.head_dim
         x = self.model.model.embed_tokens(ids_t)
         for li, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(T, self.heads, self.head_dim)
-            k = attn.k_proj(h).view(T, self.kv_heads, self.head_dim)
-            v = attn.v_proj(h).view(T, self.kv_heads, self.head_dim)
-            if hasattr(attn, "q_norm"):  # Qwen3
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            qkv = F.linear(F.rms_norm(x, (x.shape[-1],), layer.w_in, layer.eps_in), layer.w_qkv, layer.b_qkv)
+            qk = qkv[:, : (H + KVH) * D].view(T, H + KVH, D)
+            v = qkv[:, (H + KVH) * D :].view(T, KVH, D)
+            if layer.q_norm is not None:  # Qwen3
+                qk = torch.cat([layer.q_norm(qk[:, :H]), layer.k_norm(qk[:, H:])], dim=1)
+            qk = torch.addcmul(qk * cos, torch.roll(qk, D // 2, dims=-1), sin)
+            q, k = qk[:, :H], qk[:, H:]
             self.cache.put(li, slot_t, pos_t[:n_real], k[:n_real], v[:n_real])
-            o = torch.zeros(T, self.heads, self.head_dim, dtype=q.dtype, device=dev)
-            for g in groups:
-                o[g.out_rows] = self._attend(li, g, q, attn.scaling)
-            x = x + attn.o_proj(o.view(T, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        last = list(itertools.accumulate(len(c.ids) for c in chunks))
-        last = [n - 1 for n in last]
-        rows = torch.tensor(last + [0] * max(0, pad_to - len(last)), dtype=torch.long, device=dev)
-        logits = self.model.lm_head(self.model.model.norm(x[rows]))
+            if len(groups) == 1 and groups[0].identity and len(groups[0].q_rows) == T:
+                o = self._attend(li, groups[0], q, layer.scaling)
+            else:
+                o = q.new_zeros(T, H, D)
+                for g in groups:
+                    o[g.out_rows] = self._attend(li, g, q, layer.scaling)
+            x = x + F.linear(o.reshape(T, H * D), layer.w_o, layer.b_o)
+            gate, up = F.linear(F.rms_norm(x, (x.shape[-1],), layer.w_post, layer.eps_post), layer.w_gu).chunk(2, dim=-1)
+            x = x + F.linear(layer.act(gate) * up, layer.w_down)
+        last = [n - 1 for n in itertools.accumulate(len(c.ids) for c in chunks)]
+        if last != list(range(len(chunks))) or len(chunks) < pad_to:
+            x = x[torch.tensor(last + [0] * max(0, pad_to - len(last)), dtype=torch.long, device=dev)]
+        logits = self.model.lm_head(self.model.model.norm(x))
         return logits[: len(chunks)].float()
-
-    def _attention_groups(self, chunks: list[Chunk], dev) -> list[_Group]:
-        """Decode rows in one attention call, prompt chunks in another (their query counts differ)."""
-        starts, off = [], 0
-        for c in chunks:
-            starts.append(off)
-            off += len(c.ids)
-        out = []
-        for members in ([i for i, c in enumerate(chunks) if len(c.ids) == 1], [i for i, c in enumerate(chunks) if len(c.ids) > 1]):
-            if members:
-                out.append(_Group.build([chunks[i] for i in members], [starts[i] for i in members], self, dev))
-        return out
 
     def _attend(self, layer: int, g: _Group, q: torch.Tensor, scaling: float) -> torch.Tensor:
         R, Q = len(g.slots), g.q_len
-        grp = self.heads // self.kv_heads
-        qs = q[g.q_rows].view(R, Q, self.kv_heads, grp, self.head_dim)
-        qs = qs.permute(0, 2, 1, 3, 4).reshape(R, self.kv_heads, Q * grp, self.head_dim)
+        KVH, D = self.kv_heads, self.head_dim
+        grp = self.heads // KVH
+        qs = q[: R * Q] if g.identity else q[g.q_rows]
+        qs = qs.reshape(R, Q, KVH, grp, D)
+        qs = (qs.transpose(1, 2) if Q > 1 else qs.view(R, KVH, grp, D)).reshape(R, KVH, Q * grp, D)
         m = Q * grp
-        if m < self.min_rows:  # pad the query rows so the attention matmuls are row-invariant too
-            qs = torch.cat([qs, qs.new_zeros(R, self.kv_heads, self.min_rows - m, self.head_dim)], dim=2)
+        if m < g.m:  # pad the query rows so the attention matmuls are row-invariant too
+            qs = torch.cat([qs, qs.new_zeros(R, KVH, g.m - m, D)], dim=2)
         k, v = self.cache.gather(layer, g.slot_t, g.key_len)
-        o = ragged_attention(qs, k, v, g.qpos, scaling)[:, :, :m]
-        o = o.reshape(R, self.kv_heads, Q, grp, self.head_dim).permute(0, 2, 1, 3, 4).reshape(R * Q, self.heads, self.head_dim)
-        return o[g.keep]
+        o = ragged_attention(qs * scaling, k, v, g.bias)[:, :, :m]
+        o = o.reshape(R, KVH, Q, grp, D)
+        o = (o.transpose(1, 2) if Q > 1 else o).reshape(R * Q, self.heads, D)
+        return o if g.identity else o[g.keep]
+
+
+class FusedLayer:
+    """One decoder layer's weights, with q/k/v and gate/up fused into one matmul each.
+
+    The fused matrices are built once; the model's own ``q_proj``/``k_proj``/... weights become
+    views into them, so the model is unchanged for any other caller and no weight is stored twice.
+    """
+
+    def __init__(self, layer, heads: int, kv_heads: int, head_dim: int):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.w_qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.b_qkv = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+        self.w_gu = _fuse([mlp.gate_proj, mlp.up_proj])
+        self.w_o, self.b_o = attn.o_proj.weight, attn.o_proj.bias
+        self.w_down = mlp.down_proj.weight
+        self.act = mlp.act_fn
+        self.w_in, self.eps_in = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
+        self.w_post, self.eps_post = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
+        self.q_norm = getattr(attn, "q_norm", None)
+        self.k_norm = getattr(attn, "k_norm", None)
+        self.scaling = attn.scaling
+
+    def weights(self) -> list[torch.Tensor]:
+        return [self.w_qkv, self.w_o, self.w_gu, self.w_down]
+
+
+@torch.no_grad()
+def _fuse(linears) -> torch.Tensor:
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    row = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = torch.nn.Parameter(fused[row : row + n], requires_grad=lin.weight.requires_grad)
+        row += n
+    return fused
 
 
 @dataclass
@@ -179,38 +214,49 @@ class _Group:
     slots: list[int]
     slot_t: torch.Tensor
     q_len: int
+    m: int  # query rows per KV head in the call (padded to min_rows)
     key_len: int
+    identity: bool  # the group's queries are exactly the forward's first R * q_len rows, in order
     q_rows: torch.Tensor  # [R * q_len] flat-batch row of each (padded) query
-    qpos: torch.Tensor  # [R, M]: position of each query row (padding: 0)
+    bias: torch.Tensor  # [R, 1, nc, m, CHUNK]: 0 where the query sees the key, -inf elsewhere
     keep: torch.Tensor  # indices of the real queries among the R * q_len
     out_rows: torch.Tensor  # flat-batch rows of the real queries
 
-    @staticmethod
-    def build(chunks: list[Chunk], starts: list[int], runner: ModelRunner, dev) -> _Group:
-        q_len = max(len(c.ids) for c in chunks)
-        grp = runner.heads // runner.kv_heads
-        m = max(q_len * grp, runner.min_rows)
-        q_rows, keep, qpos = [], [], []
-        for c, s in zip(chunks, starts, strict=True):
-            n = len(c.ids)
-            q_rows += [s + j for j in range(n)] + [s] * (q_len - n)
-            keep += [True] * n + [False] * (q_len - n)
-            rowpos = [p for p in range(c.start, c.end) for _ in range(grp)] + [0] * ((q_len - n) * grp)
-            qpos.append(rowpos + [0] * (m - q_len * grp))
-        keep_idx = [i for i, k in enumerate(keep) if k]
-        return _Group(
-            slots=[c.slot for c in chunks],
-            slot_t=torch.tensor([c.slot for c in chunks], dtype=torch.long, device=dev),
-            q_len=q_len,
-            key_len=padded_len(max(c.end for c in chunks)),
-            q_rows=torch.tensor(q_rows, dtype=torch.long, device=dev),
-            qpos=torch.tensor(qpos, dtype=torch.long, device=dev),
-            keep=torch.tensor(keep_idx, dtype=torch.long, device=dev),
-            out_rows=torch.tensor([q_rows[i] for i in keep_idx], dtype=torch.long, device=dev),
-        )
+
+def _groups(chunks: list[Chunk], runner: ModelRunner, dev) -> list[_Group]:
+    """Decode rows in one attention call, prompt chunks in another (their query counts differ)."""
+    starts = [0, *itertools.accumulate(len(c.ids) for c in chunks)][:-1]
+    out = []
+    for members in (
+        [i for i, c in enumerate(chunks) if len(c.ids) == 1],
+        [i for i, c in enumerate(chunks) if len(c.ids) > 1],
+    ):
+        if members:
+            out.append(_group([chunks[i] for i in members], [starts[i] for i in members], runner, dev))
+    return out
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _group(chunks: list[Chunk], starts: list[int], runner: ModelRunner, dev) -> _Group:
+    q_len = max(len(c.ids) for c in chunks)
+    grp = runner.heads // runner.kv_heads
+    m = max(q_len * grp, runner.min_rows)
+    q_rows, keep, qpos = [], [], []
+    for c, s in zip(chunks, starts, strict=True):
+        n = len(c.ids)
+        q_rows += [s + j for j in range(n)] + [s] * (q_len - n)
+        keep += [len(keep) + j for j in range(n)] + [-1] * (q_len - n)
+        qpos.append([p for p in range(c.start, c.end) for _ in range(grp)] + [0] * (m - n * grp))
+    keep_idx = [i for i, k in enumerate(keep) if k >= 0]
+    key_len = padded_len(max(c.end for c in chunks))
+    return _Group(
+        slots=[c.slot for c in chunks],
+        slot_t=torch.tensor([c.slot for c in chunks], dtype=torch.long, device=dev),
+        q_len=q_len,
+        m=m,
+        key_len=key_len,
+        identity=q_rows == list(range(len(q_rows))),
+        q_rows=torch.tensor(q_rows, dtype=torch.long, device=dev),
+        bias=attention_bias(torch.tensor(qpos, dtype=torch.long, device=dev), key_len, runner.dtype),
+        keep=torch.tensor(keep_idx, dtype=torch.long, device=dev),
+        out_rows=torch.tensor([q_rows[i] for i in keep_idx], dtype=torch.long, device=dev),
+    )

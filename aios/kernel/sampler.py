@@ -52,11 +52,15 @@ class Sampler:
         seq.choice_nodes = [seq.choice_trie] if seq.choice_trie is not None else []
 
     # -- one step ----------------------------------------------------------------------------------
-    def advance(self, seq: Sequence, logits: torch.Tensor) -> str | None:
+    def advance(self, seq: Sequence, logits: torch.Tensor, greedy: list[int] | None = None) -> str | None:
+        """``greedy``: each row's argmax, computed for the whole step at once (saves a sync per row)."""
         seq.quantum_used += 1
         if seq.num_beams > 1:
             return self._beam_step(seq, logits)
-        tok = self._sample(seq, self._constrain(seq, 0, logits[0]))
+        if greedy is not None and seq.request.temperature == 0 and seq.choice_trie is None:
+            tok = greedy[0]
+        else:
+            tok = self._sample(seq, self._constrain(seq, 0, logits[0]))
         ids = seq.output_ids[0]
         ids.append(tok)
         seq.syscall.emit_token(tok)  # streaming: greedy/sampled tokens are final once chosen
