@@ -25,7 +25,11 @@ class KernelConfig(BaseModel):
         "or 'openai:<base_url>#<model>' for an OpenAI-compatible server",
     )
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = Field(
+        "auto",
+        description="'auto' (bf16 where the CPU has AMX/AVX512-BF16 or on a GPU, else float32), "
+        "'float32', 'bfloat16', ...",
+    )
     scheduler: Literal["fifo", "rr", "priority", "sjf", "las"] = "rr"
     quantum: int = Field(
         8, ge=1, description="round-robin time slice, in generated tokens; las: the service of its first level"

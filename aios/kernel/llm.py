@@ -43,9 +43,27 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AMX-BF16 or AVX512-BF16; Linux ``/proc/cpuinfo``).
+
+    Without them torch converts bf16 to fp32 inside every matmul, which is slower than fp32 itself.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
+    """``auto``: bf16 on a CUDA GPU that supports it and on CPUs with native bf16 matmuls, else fp32."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if dev.type == "cpu" and cpu_has_fast_bf16() else torch.float32
     try:
         out = getattr(torch, dtype)
     except AttributeError as exc:
@@ -128,7 +146,7 @@ def model_dir(name: str, cache_dir: str | Path | None = None) -> Path | str:
 def load_model(
     name: str = "smollm2",
     device: str = "auto",
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = "auto",
     cache_dir: str | Path | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``: the embedded default, a ``.gguf`` file, a local folder or a hub name.
@@ -140,7 +158,7 @@ def load_model(
 
     src = model_dir(name, cache_dir)
     dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=resolve_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=resolve_dtype(dtype, dev))
     model.to(dev)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(src)
