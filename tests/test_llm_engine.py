@@ -142,13 +142,8 @@ def test_beam_search_scores_and_beats_greedy(make_engine):
     import torch
 
     def logprob(prompt_ids, ids):
-        with torch.inference_mode():
-            x = torch.tensor([prompt_ids + ids])
-            model.config._attn_implementation = "sdpa"
-            try:
-                lp = torch.log_softmax(model(x).logits[0].float(), -1)
-            finally:
-                model.config._attn_implementation = "aios_ragged"
+        with torch.inference_mode():  # transformers' own forward on the same weights
+            lp = torch.log_softmax(model(torch.tensor([prompt_ids + ids])).logits[0].float(), -1)
         n = len(prompt_ids)
         return sum(lp[n - 1 + i, t].item() for i, t in enumerate(ids))
 
