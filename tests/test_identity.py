@@ -89,6 +89,22 @@ def test_revocation_stops_tokens_and_credentials_at_once(kernel, tmp_path):
         k2.shutdown()
 
 
+def test_expired_tokens_and_credentials_are_refused(kernel):
+    live = kernel.identities.add("long", ttl_s=3600)
+    assert kernel.identities.authenticate(live).agent == "long"
+    token = kernel.identities.add("brief", ttl_s=1e-6)  # expired by the time it is presented
+    before = len(_audit_denied(kernel))
+    with pytest.raises(AuthenticationFailed):
+        kernel.identities.authenticate(token)
+    with pytest.raises(AuthenticationFailed):
+        kernel.credential_for("brief", by=kernel.owner)
+    assert len(_audit_denied(kernel)) == before + 1
+    info = {a.name: a for a in kernel.identities.list()}
+    assert info["brief"].expires_at is not None and info["long"].expires_at > info["brief"].expires_at
+    fresh = kernel.identities.add("brief", rotate=True)  # rotation without a ttl: no expiry
+    assert kernel.identities.authenticate(fresh).agent == "brief"
+
+
 def test_adding_twice_is_an_error_unless_rotated(kernel):
     kernel.identities.add("alice")
     with pytest.raises(ValueError, match="exists"):

@@ -84,6 +84,7 @@ class AgentInfo(BaseModel):
     created_at: float
     revoked: bool
     has_token: bool
+    expires_at: float | None = None
 
 
 # -- the acting context (set by the SDK around agent code) ------------------------------------------
@@ -114,6 +115,7 @@ class AddAgent(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     group: Group = "user"
     rotate: bool = Field(False, description="issue a new token for an existing agent (the old one stops working)")
+    ttl_s: float | None = Field(None, gt=0, description="the token expires this many seconds from now")
 
 
 class ListAgents(BaseModel):
@@ -138,7 +140,7 @@ class IdentitySyscall(Syscall):
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY, grp TEXT NOT NULL, token_hash TEXT UNIQUE, created_at REAL NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0);
+    revoked INTEGER NOT NULL DEFAULT 0, expires_at REAL);
 """
 
 Audit = Callable[..., None]  # (agent, action, resource, operation, outcome, detail, syscall_id)
@@ -156,6 +158,8 @@ class IdentityRegistry:
         self._db.execute("PRAGMA synchronous=FULL")  # a revocation acknowledged is on disk
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        if "expires_at" not in {r[1] for r in self._db.execute("PRAGMA table_info(agents)")}:
+            self._db.execute("ALTER TABLE agents ADD COLUMN expires_at REAL")  # registries made before expiry
         # groups set before identities existed (the access manager's old ``groups`` table)
         if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'groups'").fetchone():
             self._db.execute(
@@ -179,10 +183,11 @@ class IdentityRegistry:
     def _write(self, name: str, **cols: Any) -> None:
         """Insert or update one row, on disk before the cache changes (caller holds the lock)."""
         row = {**self._rows.get(name, {"name": name, "grp": "user", "token_hash": None,
-                                       "created_at": time.time(), "revoked": 0}), **cols}  # fmt: skip
+                                       "created_at": time.time(), "revoked": 0, "expires_at": None}), **cols}  # fmt: skip
         self._db.execute(
-            "INSERT OR REPLACE INTO agents (name, grp, token_hash, created_at, revoked) VALUES (?, ?, ?, ?, ?)",
-            (row["name"], row["grp"], row["token_hash"], row["created_at"], row["revoked"]),
+            "INSERT OR REPLACE INTO agents (name, grp, token_hash, created_at, revoked, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (row["name"], row["grp"], row["token_hash"], row["created_at"], row["revoked"], row.get("expires_at")),
         )
         old = self._rows.get(name)
         if old and old["token_hash"]:
@@ -191,12 +196,15 @@ class IdentityRegistry:
         if row["token_hash"] and not row["revoked"]:
             self._by_hash[row["token_hash"]] = name
 
-    def add(self, name: str, group: str = "user", *, rotate: bool = False, by: str = OWNER) -> str:
+    def add(
+        self, name: str, group: str = "user", *, rotate: bool = False, ttl_s: float | None = None, by: str = OWNER
+    ) -> str:
         """Register ``name`` in ``group``; returns its secret token (shown once, stored hashed).
 
         Re-adding a name that already has a live token is an error unless ``rotate`` (then the old
         token and every credential issued before stop working). A name known only in process
-        (spawned by ``credential_for``) or revoked can be given a token with ``rotate``."""
+        (spawned by ``credential_for``) or revoked can be given a token with ``rotate``. ``ttl_s``:
+        the token (and every credential of the agent) expires that many seconds from now."""
         self._check_name(name)
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r}")
@@ -209,7 +217,8 @@ class IdentityRegistry:
                 raise ValueError(f"agent {name!r} exists already (rotate=True issues a new token)")
             if row is not None and rotate:
                 self._epoch[name] = self._epoch.get(name, 0) + 1
-            self._write(name, grp=group, token_hash=hash_token(token), revoked=0)
+            expires = None if ttl_s is None else time.time() + ttl_s
+            self._write(name, grp=group, token_hash=hash_token(token), revoked=0, expires_at=expires)
         self._audit(by, "agent_add", f"agent:{name}", group, "allowed", "rotated" if rotate else "")
         return token
 
@@ -227,7 +236,7 @@ class IdentityRegistry:
             rows = sorted(self._rows.values(), key=lambda r: r["name"])
         return [
             AgentInfo(name=r["name"], group=r["grp"], created_at=r["created_at"], revoked=bool(r["revoked"]),
-                      has_token=r["token_hash"] is not None)
+                      has_token=r["token_hash"] is not None, expires_at=r.get("expires_at"))
             for r in rows
         ]  # fmt: skip
 
@@ -243,8 +252,9 @@ class IdentityRegistry:
             self._write(name, grp=group)
 
     def revoked(self, name: str) -> bool:
+        """Revoked, or past its expiry: either way nothing of this agent's is honoured."""
         row = self._rows.get(name)
-        return bool(row and row["revoked"])
+        return bool(row and (row["revoked"] or (row.get("expires_at") is not None and time.time() > row["expires_at"])))
 
     # -- credentials ------------------------------------------------------------------------------
     def issue(self, name: str, group: str | None = None) -> Credential:
@@ -254,8 +264,8 @@ class IdentityRegistry:
             raise ValueError(f"unknown group {group!r}")
         with self._lock:
             row = self._rows.get(name)
-            if row is not None and row["revoked"]:
-                raise AuthenticationFailed(f"agent {name!r} is revoked")
+            if row is not None and self.revoked(name):
+                raise AuthenticationFailed(f"agent {name!r} is revoked or expired")
             if row is None or (group is not None and row["grp"] != group):
                 self._write(name, grp=group or (row["grp"] if row else "user"))
             cred = Credential(name, self._rows[name]["grp"])
@@ -271,8 +281,8 @@ class IdentityRegistry:
         self._sync(digest)
         name = self._by_hash.get(digest)
         if name is None or self.revoked(name):
-            self._audit("?", "authenticate", f"token:{digest[:8]}", "auth", "denied", "unknown or revoked token")
-            raise AuthenticationFailed("unknown or revoked token")
+            self._audit("?", "authenticate", f"token:{digest[:8]}", "auth", "denied", "unknown, revoked or expired token")
+            raise AuthenticationFailed("unknown, revoked or expired token")
         return self.issue(name)
 
     def _sync(self, digest: str) -> None:
@@ -309,7 +319,7 @@ class IdentityRegistry:
         if epoch is None:
             return f"a credential for {credential.agent!r} this kernel did not issue"
         if self.revoked(credential.agent) or epoch != self._epoch.get(credential.agent, 0):
-            return f"the credential of {credential.agent!r} was revoked"
+            return f"the credential of {credential.agent!r} was revoked or has expired"
         return None
 
     def refuse(self, credential: Any, why: str, syscall_id: str | None = None) -> CredentialRejected:
@@ -326,7 +336,7 @@ class IdentityRegistry:
             raise NotAdmin("only admins manage agents")
         match r:
             case AddAgent():
-                return {"name": r.name, "group": r.group, "token": self.add(r.name, r.group, rotate=r.rotate, by=me)}
+                return {"name": r.name, "group": r.group, "token": self.add(r.name, r.group, rotate=r.rotate, ttl_s=r.ttl_s, by=me)}
             case ListAgents():
                 return [a.model_dump() for a in self.list()]
             case RevokeAgent():
