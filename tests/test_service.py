@@ -24,7 +24,7 @@ from _service_agent import Probe
 from _service_util import REPO, aios_cli, child_env, mint, start_server, stop_server
 
 import aios
-from aios.kernel.identity import AuthenticationFailed
+from aios.kernel.identity import AuthenticationFailed, hash_token
 from aios.kernel.syscall import SyscallFailed
 from aios.service.client import ServiceRefused
 
@@ -209,6 +209,10 @@ def test_authentication_attacks(served):
     with pytest.raises(openai.AuthenticationError):
         oe.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     eve.close()
+    listed = aios_cli("agent", "list", "--json", "--data-dir", str(served.data_dir))
+    rows = {a["name"]: a for a in json.loads(listed.stdout)}
+    assert rows["eve"]["revoked"] and not rows["alice"]["revoked"] and rows["root"]["group"] == "admin"
+    assert not any(tok in listed.stdout or hash_token(tok) in listed.stdout for tok in t.values())
 
     # the victim's state is exactly what alice wrote
     assert alice.storage_get("secret")["content"] == "alice's data"

@@ -195,7 +195,7 @@ class Service:
         self.inflight.add(sc)
         self._idle.clear()
         loop = asyncio.get_running_loop()
-        sc.add_done_callback(lambda s: loop.call_soon_threadsafe(self._done, s))
+        sc.add_done_callback(lambda s: notify(loop, self._done, s))
         return sc
 
     def _done(self, sc: Syscall) -> None:
@@ -208,7 +208,7 @@ class Service:
         """Wait for ``sc`` without blocking the event loop (never raises for a failed syscall)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
-        sc.add_done_callback(lambda _: loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None)))
+        sc.add_done_callback(lambda _: notify(loop, lambda: fut.done() or fut.set_result(None)))
         await fut
         return sc
 
@@ -223,8 +223,8 @@ class Service:
         client slows its own stream, never the engine's thread."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[int | None] = asyncio.Queue()
-        sc.on_token(lambda tok: loop.call_soon_threadsafe(queue.put_nowait, tok))
-        sc.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+        sc.on_token(lambda tok: notify(loop, queue.put_nowait, tok))
+        sc.add_done_callback(lambda _: notify(loop, queue.put_nowait, None))
         detok = Detokenizer(self.tokenizer(), sc.request.stop)
         return _deltas(queue, detok, sc)
 
@@ -310,6 +310,15 @@ async def _deltas(queue: asyncio.Queue, detok: Detokenizer, sc: LLMSyscall) -> A
             yield text
     if sc.result is not None and (rest := detok.finish(sc.result.text)):
         yield rest
+
+
+def notify(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """Hand ``fn(*args)`` to the event loop from a kernel thread. A loop that is gone (the server
+    stopped) is not the kernel's problem: the engine thread must never see an exception from here."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def sse(data: str) -> str:
