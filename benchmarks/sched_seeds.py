@@ -135,7 +135,10 @@ def run(workloads: list[str], reps: int, batch_reps: int, merge: bool = False, u
         try:
             results = measure_objects(objs, w, reps=r)
         except MeasureError as exc:
-            data["workloads"][wl] = {"error": str(exc)[:2000]}
+            if only_upstream and "results" in data["workloads"].get(wl, {}):
+                data["workloads"][wl]["upstream_error"] = str(exc)[:2000]   # the seeds' row stays
+            else:
+                data["workloads"][wl] = {"error": str(exc)[:2000]}
             tqdm.write(f"{wl}: FAILED {str(exc)[:300]}")
             continue
         rows = [x.model_dump() for x in results]

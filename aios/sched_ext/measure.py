@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -207,7 +208,9 @@ def measure_objects(objects: Sequence[VerifiedObject], workload: str | Workload,
     for o in objects:
         files[f"/aios/sched/{o.name}.bpf.o"] = Path(o.obj)
     if timeout_s is None:
-        timeout_s = 60 + (1 + reps * (1 + len(objects))) * (w.approx_guest_s * 4 + 3)
+        # a hang guard, not an estimate: TCG slows down with the host's load (2 vCPUs on a shared machine)
+        load = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        timeout_s = (60 + (1 + reps * (1 + len(objects))) * (w.approx_guest_s * 4 + 3)) * load
     t0 = time.monotonic()
     kw = {"tools": True} if w.guest_tools else {}  # stress-ng etc. live in the tools archive
     res = vm.run(guest_script(w, names, reps), files=files, timeout_s=timeout_s, **kw)
