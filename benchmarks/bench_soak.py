@@ -6,7 +6,7 @@ One kernel on a tiny random model (the tests' 2-layer Llama, so the run measures
 model), hashing embedder. Each agent loops until the deadline over a fixed mix: a short chat
 (greedy or sampled), memory add/search/delete, a storage put (a bounded set of keys, overwritten)
 and get, a search every fifth round, a calculator tool call, a file write and read. The kernel keeps
-``--history`` finished syscalls (default 5,000, so that bounded, by-design record is full during the
+``--history`` finished syscalls (default 2,000, so that bounded, by-design record is full during the
 warm-up and what remains is growth that should not be there). A sampler records every ``--interval``
 seconds: process RSS, open file descriptors, threads, syscalls finished
 in the interval and their latency percentiles (measured by the callers), typed failures.
@@ -57,6 +57,7 @@ class Recorder:
         self.failures: dict[str, int] = {}
         self.errors: list[str] = []
         self.calls = 0
+        self.by_call: dict[str, list[float]] = {}  # latencies per SDK call over the whole run (small)
 
     def call(self, fn, *args, **kwargs):
         from aios.kernel.syscall import SyscallFailed
@@ -77,6 +78,7 @@ class Recorder:
             with self.lock:
                 self.lat.append(dt)
                 self.calls += 1
+                self.by_call.setdefault(fn.__name__, []).append(dt)
 
     def take(self) -> tuple[list[float], int]:
         with self.lock:
@@ -119,7 +121,7 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--name", default="soak")
-    ap.add_argument("--history", type=int, default=5000,
+    ap.add_argument("--history", type=int, default=2000,
                     help="kernel history_limit: small, so the by-design bounded history fills during warm-up")
     args = ap.parse_args()
 
@@ -200,6 +202,10 @@ def main() -> int:
         "threads_last_fifth_max": max((s["threads"] for s in late), default=None),
         "p99_ms_after_warmup": p99(post),
         "p99_ms_last_fifth": p99(late),
+        "latency_ms_by_call": {
+            name: {"n": len(v), "p50": round(pct(v, 50) * 1e3, 1), "p99": round(pct(v, 99) * 1e3, 1)}
+            for name, v in sorted(rec.by_call.items())
+        },
         "engine": {k: kernel_stats[k] for k in ("completed", "failed", "preemptions", "generated_tokens")},
         "kernel_history_len": history_len,
         "kernel_history_limit": args.history,

@@ -61,7 +61,7 @@ def _check(resp: httpx.Response, seen: dict) -> None:
 
 
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=30,
     deadline=None,
     derandomize=True,
     database=None,

@@ -234,7 +234,7 @@ def test_fuzzed_requests_get_a_result_or_a_typed_error(fuzz_kernel, kind, group)
     seen: dict[str, int] = {}
 
     @settings(
-        max_examples=40 if kind == "llm" else 80,
+        max_examples=40 if kind == "llm" else 60,
         deadline=None,
         derandomize=True,
         database=None,
