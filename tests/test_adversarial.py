@@ -607,6 +607,42 @@ def test_queued_python_calls_do_not_starve_others(world):
     record("starve-python-queue", world.harmed() + bad)
 
 
+def test_slow_tool_without_limits_does_not_take_the_pool(world):
+    """One agent's slow calls of a tool without limits hold at most its running slots, never the
+    kernel's worker threads: the victim's tool call and memory syscall finish while all are pending."""
+    k = world.kernel
+    tm = k.modules["tools"]
+    gate = threading.Event()
+
+    def slow_fetch(url: str) -> str:
+        """A tool without limits whose calls can be slow (the model picks the URL)."""
+        gate.wait(60)
+        return url
+
+    tm.register(slow_fetch, groups=("user",))
+    hog, victim = k.credential_for("hog2", by=k.owner), k.credential_for("victim", by=k.owner)
+    n = k.config.workers + 4
+    hostile = [k.submit(ToolSyscall(request={"op": "call", "name": "slow_fetch", "arguments": {"url": f"u{i}"}}), hog)
+               for i in range(n)]  # fmt: skip
+    assert _until(lambda: tm.queue.running("agent:hog2") == tm.queue.per_agent_running)
+    mine = k.submit(ToolSyscall(request={"op": "call", "name": "slow_fetch", "arguments": {"url": "v"}}), victim)
+    gate_for_victim = _until(lambda: mine.scheduled_at is not None and tm.queue.running("agent:victim") == 1)
+    usage = k.submit(MemorySyscall(request={"op": "usage"}), victim).wait(60)
+    pending = sum(not h.finished for h in hostile)
+    running = tm.queue.running("agent:hog2")
+    gate.set()
+    assert mine.wait(60)["result"] == "v"
+    for h in hostile:
+        h.wait(60)
+    FIGURES["slow_tool_hostile_pending_when_victim_served"] = pending
+    bad = []
+    if not gate_for_victim or usage is None:
+        bad.append("the victim was not served")
+    if pending != n or running > tm.queue.per_agent_running:
+        bad.append(f"{pending} of {n} hostile calls pending, {running} running")
+    record("starve-unlimited-tool", world.harmed() + bad)
+
+
 def test_zz_summary(world):
     """The suite's count and its successes (printed; run with -s to see)."""
     successes = sorted(a for a, ok in RESULTS.items() if ok)

@@ -10,7 +10,9 @@ it starts only when all of them have room, and takes them all at once, so two to
 deadlock each other. Waiting calls are served **round robin across agents** (first come, first
 served within one agent): an agent that queues many calls delays another agent's call by at most
 one call per agent ahead of it, never by its whole backlog. An agent may have at most
-``per_agent`` calls waiting; past that, its new calls fail at once with ``ToolBusy``.
+``per_agent`` calls waiting (past that, its new calls fail at once with ``ToolBusy``) and at most
+``per_agent_running`` running (the key ``agent:NAME`` every call holds), so one agent's slow calls
+of a tool without limits cannot occupy the kernel's worker threads either.
 """
 
 from __future__ import annotations
@@ -35,9 +37,17 @@ class _Waiting:
 
 
 class ToolQueue:
-    def __init__(self, spawn: Callable[[Callable[[], None]], None], *, per_agent: int = 32, max_wait: float = 300.0):
+    def __init__(
+        self,
+        spawn: Callable[[Callable[[], None]], None],
+        *,
+        per_agent: int = 32,
+        per_agent_running: int = 2,
+        max_wait: float = 300.0,
+    ):
         self._spawn = spawn
         self.per_agent = per_agent
+        self.per_agent_running = per_agent_running
         self.max_wait = max_wait
         self._lock = threading.Lock()
         self._capacity: dict[str, int] = {}
@@ -91,8 +101,13 @@ class ToolQueue:
             ready = self._pick()
         self._run(ready)
 
+    def capacity(self, key: str) -> int:
+        if key.startswith("agent:"):
+            return self.per_agent_running
+        return self._capacity.get(key, 1 << 30)
+
     def _fits(self, keys: tuple[str, ...]) -> bool:
-        return all(self._in_use[k] < self._capacity.get(k, 1 << 30) for k in keys)
+        return all(self._in_use[k] < self.capacity(k) for k in keys)
 
     def _pick(self) -> list[_Waiting]:
         """Under the lock: take every call that can start now. The turn goes to the agent served

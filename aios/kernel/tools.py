@@ -247,9 +247,10 @@ class ToolManager:
         ]
 
     @staticmethod
-    def keys(tool: Tool) -> tuple[str, ...]:
-        """The queue slots a call of ``tool`` needs (none: it starts at once)."""
-        keys = () if tool.exclusive is None else (f"group:{tool.exclusive}",)
+    def keys(tool: Tool, agent: str) -> tuple[str, ...]:
+        """The queue slots a call of ``tool`` by ``agent`` needs: always one of the agent's running
+        slots, plus the tool's exclusion group and concurrency slot when it has them."""
+        keys = (f"agent:{agent}",) + (() if tool.exclusive is None else (f"group:{tool.exclusive}",))
         return keys + (() if tool.max_concurrency is None else (f"tool:{tool.name}",))
 
     # -- calls ------------------------------------------------------------------------------------
@@ -286,14 +287,11 @@ class ToolManager:
         arguments: dict[str, Any],
         timeout: float | None,
         done: Callable[[dict[str, Any] | None, Exception | None], None],
-    ) -> dict[str, Any] | None:
-        """Run a call now and return its result, or queue it without holding this thread and return
-        None (then ``done(result, error)`` is called from the pool once it ran). Bad arguments and
-        failures of a call run now raise here."""
+    ) -> None:
+        """Queue a call without holding this thread; ``done(result, error)`` is called from the pool
+        once it ran. Bad arguments (and a full queue) raise here."""
         tool, kwargs, limit = self._prepare(agent, name, arguments, timeout)
-        keys = self.keys(tool)
-        if not keys:
-            return self._execute(agent, tool, kwargs, limit)
+        keys = self.keys(tool, agent)
 
         def run() -> None:
             try:
@@ -305,7 +303,6 @@ class ToolManager:
             done(out, err)
 
         self.queue.submit(agent, keys, run, lambda exc: done(None, exc))
-        return None
 
     def call(
         self, agent: str, name: str, arguments: dict[str, Any], timeout: float | None = None
@@ -318,9 +315,7 @@ class ToolManager:
             box.update(out=out, err=err)
             finished.set()
 
-        out = self.start(agent, name, arguments, timeout, done)
-        if out is not None:
-            return out
+        self.start(agent, name, arguments, timeout, done)
         finished.wait()
         if box["err"] is not None:
             raise box["err"]
@@ -368,8 +363,8 @@ class ToolManager:
             else:
                 syscall.fail(getattr(err, "error_type", type(err).__name__), str(err))
 
-        out = self.start(syscall.agent, r.name, r.arguments, r.timeout, done)
-        return DEFERRED if out is None else out  # DEFERRED: ``done`` completes the syscall later
+        self.start(syscall.agent, r.name, r.arguments, r.timeout, done)
+        return DEFERRED  # ``done`` completes the syscall once the call ran
 
     def close(self) -> None:
         self.queue.close()
