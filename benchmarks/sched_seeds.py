@@ -207,9 +207,12 @@ def write_outputs(data: dict) -> None:
             cells.append(f"**{_fmt(m['improvement'])}** ({p['min']:.2f}-{p['max']:.2f}){flag}")
         lines.append(f"| {wl} | {entry['goal']} | {pm} | {base:.1f} {unit} | " + " | ".join(cells) + " |")
     if data.get("upstream_date"):
+        loads = ", ".join(f"{v} at {k}" for k, v in data.get("loadavg_at_start", {}).items())
         lines += ["", f"Upstream columns: measured {data['upstream_date']} in their own boot per workload "
                   "(EEVDF and the upstream schedulers interleaved), merged next to the seeds' rows; each is "
-                  "relative to the EEVDF runs of its own boot.", ""]
+                  "relative to the EEVDF runs of its own boot (the EEVDF column is the seeds' boot). Host load "
+                  f"average at start: {loads or 'n/a'} on 2 cores, shared with other work: absolute times are "
+                  "inflated, same-boot ratios less so.", ""]
     uv = data.get("upstream_verification")
     if uv:
         lines += ["", f"## The kernel's example schedulers ({uv.get('source', '')}, built with {uv.get('clang', '')})",
