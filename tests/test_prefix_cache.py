@@ -88,11 +88,7 @@ def test_reuse_matches_plain_transformers_generate(make_engine, tiny_lm):
     eng.run_until_idle()
     assert eng.stats()["prefix_cache"]["hits"] == 2  # the preamble came from the retained KV
     ids = torch.tensor([eng.render(messages)])
-    model.config._attn_implementation = "sdpa"
-    try:
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
-    finally:
-        model.config._attn_implementation = "aios_ragged"
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
     want = out[0, ids.shape[1] :].tolist()
     if want and want[-1] == tok.eos_token_id:
         want = want[:-1]
