@@ -1,0 +1,427 @@
+"""Agent-aware serving on the embedded SmolLM2: conversation KV reuse and program-level scheduling.
+
+    python benchmarks/bench_agent_serving.py             # the figures (~10 min on 2 idle cores)
+    aios bench agent_serving                             # the same
+    python benchmarks/bench_agent_serving.py --model tiny --trials 1 --preamble 200   # smoke test
+
+1. Reuse targets. A 4-turn agent whose first prompt carries a ``--preamble``-token document
+   (2,000), replies of 32 tokens, a short tool result between turns: prefill tokens computed and
+   turnaround with and without conversation KV reuse; then ``--crowd`` (8) such agents at once
+   (each its own document): mean agent turnaround with and without reuse.
+2. The multi-turn mix. Agents of 2-6 calls whose conversations grow (preambles and replies
+   heavy-tailed), a real tool call (the kernel's calculator) plus a simulated tool latency between
+   calls, arriving in a seeded random order ``--stagger`` apart (another order per trial, the same
+   for every configuration). Side by side in one run: one-after-another (each agent alone on the
+   kernel, in arrival order) and the kernel under FIFO, RR, priority, SJF and LAS (program-level
+   least attained service), each with and without KV reuse, on ``--mix-batch`` rows. Mean agent
+   turnaround (arrival to last answer), p90, makespan, prefill tokens computed.
+3. Exactness: every agent's answers in every configuration are compared with its solo run
+   (kernel, no reuse): BLEU must be 1.0 (token identity; the engine is row-invariant, so reuse,
+   batching and suspension change no token).
+
+Targets (issue 11): reuse computes >= 4x fewer prefill tokens and turns around >= 2x faster for
+the 4-turn agent, >= 1.5x for 8 at once; LAS with reuse <= 0.5x FIFO without reuse on the mix, and
+no policy worse than one-after-another.
+
+Writes ``benchmarks/results/agent_serving.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from _common import pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from bench_aios_eval import md_table  # noqa: E402
+
+import aios  # noqa: E402
+from aios.kernel.engine import LLMEngine  # noqa: E402
+from aios.kernel.kernel import Kernel, KernelConfig  # noqa: E402
+from aios.sdk.runtime import AgentSpec, run_agent  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+POLICIES = ("fifo", "rr", "priority", "sjf", "las")
+# the mix: (preamble tokens, calls, reply tokens), heavy-tailed; one long-preamble, long-reply agent
+MIX = [
+    (64, 2, 8),
+    (96, 3, 8),
+    (128, 4, 12),
+    (64, 6, 8),
+    (160, 2, 16),
+    (256, 3, 12),
+    (384, 5, 24),
+    (768, 4, 64),
+]
+TOPICS = [
+    "volcanoes",
+    "the ocean",
+    "bees",
+    "trains",
+    "the moon",
+    "coffee",
+    "chess",
+    "glaciers",
+    "jazz",
+    "maps",
+]
+
+
+def document(tok, topic: str, n_tokens: int, seed: int) -> str:
+    """A deterministic pseudo-document of about ``n_tokens`` tokens (facts with numbers)."""
+    rng = random.Random(seed)
+    words = "river stone market harbor engine garden bridge tower valley forest signal letter".split()
+    lines, text = [], ""
+    while len(tok(text, add_special_tokens=False)["input_ids"]) < n_tokens:
+        a, b = rng.sample(words, 2)
+        lines.append(
+            f"Fact {len(lines) + 1}: near the {a} about {topic}, {rng.randint(2, 999)} {b}s were counted."
+        )
+        text = "\n".join(lines)
+    return text
+
+
+def conversation_agent(doc: str, topic: str, calls: int, reply: int, tool_s: float, priority: int):
+    """An agent that asks ``calls`` questions in one growing conversation, a tool call between them."""
+
+    def run(_task: Any) -> list[str]:
+        messages = [
+            {"role": "system", "content": f"You are a research assistant. Documents:\n{doc}"},
+            {"role": "user", "content": f"Write a detailed report about {topic}, using the documents."},
+        ]
+        answers = []
+        for i in range(calls):
+            r = aios.chat(messages, max_new_tokens=reply, priority=priority)
+            answers.append(r.text)
+            messages.append({"role": "assistant", "content": r.text})
+            if i + 1 < calls:
+                if tool_s:
+                    out = aios.tool_call("calculator", {"expression": f"{i + 2}**{reply} + {len(answers)}"})[
+                        "result"
+                    ]
+                    time.sleep(tool_s)  # the tool's own latency (a search, a build ...)
+                else:
+                    out = i + 1
+                messages.append({"role": "user", "content": f"Tool result: {out}. Continue the report."})
+        return answers
+
+    return run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        t0 = time.perf_counter()
+        if args.model == "tiny":
+            sys.path.insert(0, str(ROOT / "tests"))
+            from conftest import build_tiny_model, build_tiny_tokenizer
+
+            self.tok = build_tiny_tokenizer()
+            self.model = build_tiny_model(self.tok, window=4096)
+        else:
+            from aios.kernel.llm import load_model
+
+            self.model, self.tok = load_model(args.model)
+        self.load_s = time.perf_counter() - t0
+        self.root = Path(tempfile.mkdtemp(prefix="aios-agents-"))
+        self._n = 0
+
+    def kernel(self, scheduler: str, batch: int, reuse: bool) -> Kernel:
+        self._n += 1
+        cfg = KernelConfig(
+            model=self.args.model,
+            scheduler=scheduler,
+            quantum=self.args.quantum,
+            max_batch_size=batch,
+            kv_reuse=reuse,
+            data_dir=self.root / f"k{self._n}",
+            embedder="hash",
+        )
+        return Kernel(cfg, llm=LLMEngine(self.model, self.tok, cfg))
+
+
+def run_config(bench: Bench, agents: list[tuple[str, Any]], scheduler: str, batch: int, reuse: bool,
+               order: list[int], stagger: float, sequential: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Agents arrive ``stagger`` apart in ``order``; all at once on one kernel, or one after another."""
+    k = bench.kernel(scheduler, batch, reuse)
+    runs: dict[str, Any] = {}
+    arrivals: dict[str, float] = {}
+    try:
+        t0 = time.time()
+        if sequential:
+            for slot, i in enumerate(order):
+                name, fn = agents[i]
+                arrivals[name] = t0 + slot * stagger
+                time.sleep(max(0.0, arrivals[name] - time.time()))
+                runs[name] = run_agent(k, AgentSpec(name, fn))
+        else:
+            threads = []
+            for slot, i in enumerate(order):
+                name, fn = agents[i]
+                arrivals[name] = t0 + slot * stagger
+
+                def go(name=name, fn=fn):
+                    time.sleep(max(0.0, arrivals[name] - time.time()))
+                    runs[name] = run_agent(k, AgentSpec(name, fn))
+
+                th = threading.Thread(target=go)
+                th.start()
+                threads.append(th)
+            for th in threads:
+                th.join()
+        wall = time.time() - t0
+        bad = [r for r in runs.values() if not r.ok]
+        if bad:
+            raise RuntimeError(f"agent {bad[0].agent} failed: {bad[0].error}")
+        st = k.llm.stats()
+    finally:
+        k.shutdown()
+    return {
+        "wall": wall,
+        "turnaround": {n: r.finished_at - arrivals[n] for n, r in runs.items()},
+        "outputs": {n: r.output for n, r in runs.items()},
+        "prefill_tokens": st["prefill_tokens"],
+        "prefill_reused_tokens": st["prefill_reused_tokens"],
+        "preemptions": st["preemptions"],
+    }
+
+
+def bleu(a: list[str], b: list[str]) -> float:
+    x, y = "\n".join(a), "\n".join(b)
+    if x == y:
+        return 1.0
+    import sacrebleu
+
+    return sacrebleu.sentence_bleu(x, [y]).score / 100.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--preamble", type=int, default=2000, help="document tokens of the reuse-target agent")
+    ap.add_argument("--turns", type=int, default=4)
+    ap.add_argument("--reply", type=int, default=32)
+    ap.add_argument("--crowd", type=int, default=8, help="agents at once in the second reuse target")
+    ap.add_argument("--trials", type=int, default=2, help="trials of the mix (another arrival order each)")
+    ap.add_argument("--mix-batch", type=int, default=2, help="batch rows for the mix")
+    ap.add_argument("--quantum", type=int, default=8, help="RR slice / LAS first level, tokens")
+    ap.add_argument("--stagger", type=float, default=0.2, help="seconds between arrivals in the mix")
+    ap.add_argument("--tool-s", type=float, default=0.3, help="simulated tool latency between calls (mix)")
+    ap.add_argument("--skip-targets", action="store_true")
+    ap.add_argument("--skip-mix", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
+    threads = 1 if load >= (os.cpu_count() or 1) else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    t_start = time.time()
+    bench = Bench(args)
+    print(
+        f"model {args.model} loaded in {bench.load_s:.1f}s; load {load:.1f}; torch threads {threads}",
+        flush=True,
+    )
+    res: dict[str, Any] = {"config": {**vars(args), "load_average_at_start": load, "torch_threads": threads}}
+    md = [f"# Agent-aware serving on {args.model} (CPU, {threads} torch threads)\n"]
+    md.append(
+        f"Load average at start: {load:.1f} on {os.cpu_count()} cores (a shared machine: ratios measured side by "
+        "side in one run are what to read). Temperature 0, batch-invariant engine.\n"
+    )
+    targets: dict[str, Any] = {}
+
+    # -- 1. reuse targets --------------------------------------------------------------------------------
+    if not args.skip_targets:
+
+        def agent(i: int, calls: int):  # noqa: E306
+            doc = document(bench.tok, TOPICS[i % len(TOPICS)], args.preamble, seed=100 + i)
+            return (f"reader{i}", conversation_agent(doc, TOPICS[i % len(TOPICS)], calls, args.reply, 0.0, 0))
+
+        one = [agent(0, args.turns)]
+        single = {r: run_config(bench, one, "fifo", 8, r, [0], 0.0) for r in (False, True)}
+        crowd_agents = [agent(i, args.turns) for i in range(args.crowd)]
+        order = list(range(args.crowd))
+        crowd = {r: run_config(bench, crowd_agents, "fifo", 8, r, order, 0.0) for r in (False, True)}
+        rows = []
+        for label, runs in (("one agent", single), (f"{args.crowd} agents at once", crowd)):
+            off, on = runs[False], runs[True]
+            ta_off, ta_on = (
+                statistics.mean(off["turnaround"].values()),
+                statistics.mean(on["turnaround"].values()),
+            )
+            same = min(bleu(on["outputs"][n], off["outputs"][n]) for n in off["outputs"])
+            rows.append([label, off["prefill_tokens"], on["prefill_tokens"], off["prefill_tokens"] / on["prefill_tokens"],
+                         ta_off, ta_on, ta_off / ta_on, same])  # fmt: skip
+            targets[label] = {"prefill_ratio": off["prefill_tokens"] / on["prefill_tokens"], "turnaround_ratio": ta_off / ta_on,
+                              "bleu": same}  # fmt: skip
+        md.append(
+            f"## Conversation KV reuse: {args.turns}-turn agents, {args.preamble}-token document, {args.reply}-token replies\n"
+        )
+        md.append(md_table(["run", "prefill tokens (no reuse)", "(reuse)", "ratio", "mean turnaround s (no reuse)",
+                            "(reuse)", "ratio", "BLEU reuse vs not"], rows))  # fmt: skip
+        res["reuse_targets"] = {"single": single, "crowd": crowd}
+        print(f"reuse targets done ({time.time() - t_start:.0f}s)", flush=True)
+
+    if args.skip_mix:
+        print("\n".join(md))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "agent_serving_targets.json").write_text(
+            json.dumps({**res, "targets": targets}, indent=1, default=str)
+        )
+        return 0
+
+    # -- 2. the multi-turn mix ---------------------------------------------------------------------------
+    mix = []
+    for i, (pre, calls, reply) in enumerate(MIX):
+        doc = document(bench.tok, TOPICS[i % len(TOPICS)], pre, seed=i)
+        name = f"mix{i}-{pre}x{calls}x{reply}"
+        mix.append(
+            (name, conversation_agent(doc, TOPICS[i % len(TOPICS)], calls, reply, args.tool_s, i % 3 - 1))
+        )
+    names = [n for n, _ in mix]
+    solo = {
+        n: run_config(bench, [a], "fifo", args.mix_batch, False, [0], 0.0)["outputs"][n]
+        for n, a in zip(names, mix, strict=True)
+    }
+    modes = [("sequential", m, r) for r in (False, True) for m in ["fifo"]] + [
+        (p, p, r) for p in POLICIES for r in (False, True)
+    ]
+    runs: dict[str, list[dict]] = {}
+    for trial in range(args.trials):
+        order = list(range(len(mix)))
+        random.Random(trial).shuffle(order)
+        for label, policy, reuse in modes:
+            key = f"{label}{' +reuse' if reuse else ''}"
+            r = run_config(
+                bench,
+                mix,
+                policy,
+                args.mix_batch,
+                reuse,
+                order,
+                args.stagger,
+                sequential=label == "sequential",
+            )
+            r["bleu"] = min(bleu(r["outputs"][n], solo[n]) for n in names)
+            runs.setdefault(key, []).append(r)
+            print(f"trial {trial + 1} {key}: mean turnaround {statistics.mean(r['turnaround'].values()):.1f}s "
+                  f"({time.time() - t_start:.0f}s)", flush=True)  # fmt: skip
+    stats: dict[str, dict[str, float]] = {}
+    for key, rs in runs.items():
+        ta = [t for r in rs for t in r["turnaround"].values()]
+        stats[key] = {
+            "mean_turnaround": statistics.mean(ta),
+            "p90_turnaround": pct(ta, 90),
+            "makespan": statistics.mean(r["wall"] for r in rs),
+            "prefill_tokens": statistics.mean(r["prefill_tokens"] for r in rs),
+            "reused_tokens": statistics.mean(r["prefill_reused_tokens"] for r in rs),
+            "preemptions": statistics.mean(r["preemptions"] for r in rs),
+            "min_bleu": min(r["bleu"] for r in rs),
+        }
+    fifo = stats["fifo"]["mean_turnaround"]
+    seq = stats["sequential"]["mean_turnaround"]
+    md.append(f"\n## Multi-turn mix: {len(mix)} agents (2-6 calls, tool calls between), {args.mix_batch} rows, "
+              f"{args.trials} trials; mean over trials\n")  # fmt: skip
+    md.append(md_table(
+        ["mode", "turnaround mean s", "p90", "makespan", "/ FIFO", "/ sequential", "prefill tokens", "reused", "preemptions", "BLEU vs solo"],
+        [[k, s["mean_turnaround"], s["p90_turnaround"], s["makespan"], s["mean_turnaround"] / fifo,
+          s["mean_turnaround"] / seq, round(s["prefill_tokens"]), round(s["reused_tokens"]), s["preemptions"], f"{s['min_bleu']:.3f}"]
+         for k, s in stats.items()],
+    ))  # fmt: skip
+    targets["las_reuse_over_fifo"] = stats["las +reuse"]["mean_turnaround"] / fifo
+    targets["worst_policy_over_sequential"] = max(
+        (s["mean_turnaround"] / stats["sequential" + (" +reuse" if k.endswith("+reuse") else "")]["mean_turnaround"], k)
+        for k, s in stats.items() if not k.startswith("sequential")
+    )  # fmt: skip
+    targets["min_bleu"] = min(s["min_bleu"] for s in stats.values())
+    res.update(mix={"agents": MIX, "stats": stats, "runs": {k: [{x: r[x] for x in r if x != "outputs"} for r in rs]
+                                                            for k, rs in runs.items()}}, targets=targets)  # fmt: skip
+    md.append("\n## Targets\n")
+    rows = []
+    for label in ("one agent", f"{args.crowd} agents at once"):
+        if label in targets:
+            t = targets[label]
+            want = 2.0 if label == "one agent" else 1.5
+            if label == "one agent":
+                rows.append(
+                    [
+                        "prefill tokens, no reuse / reuse >= 4",
+                        f"{t['prefill_ratio']:.2f}",
+                        t["prefill_ratio"] >= 4,
+                    ]
+                )
+            rows.append(
+                [
+                    f"{label}: turnaround, no reuse / reuse >= {want}",
+                    f"{t['turnaround_ratio']:.2f}",
+                    t["turnaround_ratio"] >= want,
+                ]
+            )
+    rows.append(
+        [
+            "mix: LAS + reuse / FIFO without reuse <= 0.5",
+            f"{targets['las_reuse_over_fifo']:.2f}",
+            targets["las_reuse_over_fifo"] <= 0.5,
+        ]
+    )
+    w, wk = targets["worst_policy_over_sequential"]
+    rows.append(
+        ["mix: no policy worse than one-after-another (same reuse)", f"worst {wk}: {w:.2f}", w <= 1.0]
+    )
+    rows.append(
+        ["BLEU 1.0 vs solo everywhere", f"min {targets['min_bleu']:.3f}", targets["min_bleu"] >= 0.9999]
+    )
+    md.append(md_table(["target", "measured", "met"], rows))
+    total = time.time() - t_start
+    md.append(f"\nWhole run: {total / 60:.1f} min (model load {bench.load_s:.1f}s).\n")
+    text = "\n".join(md)
+    print("\n" + text)
+    res["total_seconds"] = total
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "agent_serving" if args.model == "smollm2" else f"agent_serving_{Path(args.model).name}"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+    (out / f"{stem}.md").write_text(text)
+    plot(out / f"{stem}.png", stats, args)
+    print(f"wrote {out / stem}.{{json,md,png}}")
+    return 0
+
+
+def plot(path: Path, stats: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = ["sequential", *POLICIES]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.4
+    for j, (suffix, label) in enumerate((("", "no reuse"), (" +reuse", "KV reuse"))):
+        xs = [i + j * width for i in range(len(modes))]
+        ax.bar(xs, [stats[m + suffix]["mean_turnaround"] for m in modes], width, label=label)
+        ax.plot(xs, [stats[m + suffix]["p90_turnaround"] for m in modes], "k_", markersize=12)
+    ax.set_xticks([i + width / 2 for i in range(len(modes))], modes)
+    ax.set_ylabel("agent turnaround, s (bar: mean, dash: p90)")
+    ax.set_title(f"multi-turn agent mix on {args.model}: {args.mix_batch} rows, {args.trials} trials")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
