@@ -58,17 +58,9 @@ from aios.sdk.runtime import AgentSpec, run_agent  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 POLICIES = ("fifo", "rr", "priority", "sjf", "las")
-# the mix: (preamble tokens, calls, reply tokens), heavy-tailed; one long-preamble, long-reply agent
-MIX = [
-    (64, 2, 8),
-    (96, 3, 8),
-    (128, 4, 12),
-    (64, 6, 8),
-    (160, 2, 16),
-    (256, 3, 12),
-    (384, 5, 24),
-    (768, 4, 64),
-]
+# the mix: (document tokens, calls, reply tokens), heavy-tailed: one long-document, long-reply agent;
+# sized for a 2-core machine shared by others (kept within minutes per configuration on SmolLM2)
+MIX = [(16, 2, 6), (24, 3, 6), (32, 4, 8), (16, 6, 6), (48, 2, 12), (64, 3, 8), (96, 5, 12), (192, 4, 24)]  # fmt: skip
 TOPICS = [
     "volcanoes",
     "the ocean",
@@ -192,6 +184,11 @@ def run_config(bench: Bench, agents: list[tuple[str, Any]], scheduler: str, batc
         st = k.llm.stats()
     finally:
         k.shutdown()
+    print(
+        f"  {scheduler}{' +reuse' if reuse else ''}{' (one after another)' if sequential else ''}: {len(agents)} agent(s), "
+        f"{wall:.1f}s, prefill {st['prefill_tokens']} computed / {st['prefill_reused_tokens']} reused",
+        flush=True,
+    )
     return {
         "wall": wall,
         "turnaround": {n: r.finished_at - arrivals[n] for n, r in runs.items()},
@@ -224,9 +221,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stagger", type=float, default=0.2, help="seconds between arrivals in the mix")
     ap.add_argument("--tool-s", type=float, default=0.3, help="simulated tool latency between calls (mix)")
     ap.add_argument("--skip-targets", action="store_true")
-    ap.add_argument("--skip-mix", action="store_true")
+    ap.add_argument(
+        "--skip-mix", action="store_true", help="only the reuse targets (writes agent_serving_targets.json)"
+    )
+    ap.add_argument(
+        "--targets-from", help="take the reuse targets from a --skip-mix run's JSON instead of running them"
+    )
+    ap.add_argument("--merge", help="no runs: tables from this mix JSON plus --targets-from")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if args.merge:  # tables from finished runs: the mix of one JSON, the reuse targets of --targets-from
+        got = json.loads(Path(args.merge).read_text())
+        tg = json.loads(Path(args.targets_from).read_text()) if args.targets_from else {"targets": {}}
+        head = [
+            f"# Agent-aware serving on {args.model}\n",
+            f"Reuse targets: load average {tg.get('config', {}).get('load_average_at_start', float('nan')):.1f} at start; "
+            f"mix: {got['config']['load_average_at_start']:.1f} (2 cores shared with other sessions' test runs: "
+            "ratios measured side by side in one run are what to read). Temperature 0, batch-invariant engine.\n",
+        ]
+        if "reuse_targets" in tg:
+            head += _targets_table(args, tg["targets"], tg["reuse_targets"])
+        res = {
+            "config": got["config"],
+            "reuse_targets_config": tg.get("config"),
+            "reuse_targets": tg.get("reuse_targets"),
+        }
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        report(Path(args.out), args, res, head, tg["targets"], got["mix"]["runs"], got["mix"]["trials"],
+               got["total_seconds"], 0.0)  # fmt: skip
+        return 0
     load = os.getloadavg()[0]
     threads = 1 if load >= (os.cpu_count() or 1) else torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -245,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     targets: dict[str, Any] = {}
 
     # -- 1. reuse targets --------------------------------------------------------------------------------
-    if not args.skip_targets:
+    reuse_runs = None
+    if args.targets_from:  # a targets run made separately (``--skip-mix``): its numbers, not new ones
+        reuse_runs = json.loads(Path(args.targets_from).read_text())["reuse_targets"]
+    elif not args.skip_targets:
 
         def agent(i: int, calls: int):  # noqa: E306
             doc = document(bench.tok, TOPICS[i % len(TOPICS)], args.preamble, seed=100 + i)
@@ -256,30 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         crowd_agents = [agent(i, args.turns) for i in range(args.crowd)]
         order = list(range(args.crowd))
         crowd = {r: run_config(bench, crowd_agents, "fifo", 8, r, order, 0.0) for r in (False, True)}
-        rows = []
-        for label, runs in (("one agent", single), (f"{args.crowd} agents at once", crowd)):
-            off, on = runs[False], runs[True]
-            ta_off, ta_on = (
-                statistics.mean(off["turnaround"].values()),
-                statistics.mean(on["turnaround"].values()),
-            )
-            same = min(bleu(on["outputs"][n], off["outputs"][n]) for n in off["outputs"])
-            rows.append([label, off["prefill_tokens"], on["prefill_tokens"], off["prefill_tokens"] / on["prefill_tokens"],
-                         ta_off, ta_on, ta_off / ta_on, same])  # fmt: skip
-            targets[label] = {"prefill_ratio": off["prefill_tokens"] / on["prefill_tokens"], "turnaround_ratio": ta_off / ta_on,
-                              "bleu": same}  # fmt: skip
-        md.append(
-            f"## Conversation KV reuse: {args.turns}-turn agents, {args.preamble}-token document, {args.reply}-token replies\n"
-        )
-        md.append(md_table(["run", "prefill tokens (no reuse)", "(reuse)", "ratio", "mean turnaround s (no reuse)",
-                            "(reuse)", "ratio", "BLEU reuse vs not"], rows))  # fmt: skip
-        res["reuse_targets"] = {"single": single, "crowd": crowd}
+        reuse_runs = {"single": single, "crowd": crowd}
         print(f"reuse targets done ({time.time() - t_start:.0f}s)", flush=True)
-
+    if reuse_runs is not None:
+        res["reuse_targets"] = reuse_runs
+        md += _targets_table(args, targets, reuse_runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.skip_mix:
         print("\n".join(md))
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "agent_serving_targets.json").write_text(
+        (out / "agent_serving_targets.json").write_text(
             json.dumps({**res, "targets": targets}, indent=1, default=str)
         )
         return 0
@@ -297,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         n: run_config(bench, [a], "fifo", args.mix_batch, False, [0], 0.0)["outputs"][n]
         for n, a in zip(names, mix, strict=True)
     }
-    modes = [("sequential", m, r) for r in (False, True) for m in ["fifo"]] + [
+    modes = [("sequential", "fifo", r) for r in (False, True)] + [
         (p, p, r) for p in POLICIES for r in (False, True)
     ]
     runs: dict[str, list[dict]] = {}
@@ -318,8 +330,38 @@ def main(argv: list[str] | None = None) -> int:
             )
             r["bleu"] = min(bleu(r["outputs"][n], solo[n]) for n in names)
             runs.setdefault(key, []).append(r)
-            print(f"trial {trial + 1} {key}: mean turnaround {statistics.mean(r['turnaround'].values()):.1f}s "
-                  f"({time.time() - t_start:.0f}s)", flush=True)  # fmt: skip
+        print(f"mix trial {trial + 1}/{args.trials} done ({time.time() - t_start:.0f}s)", flush=True)
+        report(out, args, res, md, targets, runs, trial + 1, time.time() - t_start, bench.load_s)
+    return 0
+
+
+def _targets_table(args, targets: dict, reuse_runs: dict) -> list[str]:
+    """The reuse-target table; fills ``targets`` (ratios, BLEU between reuse and no reuse)."""
+    rows = []
+    for label, key in (("one agent", "single"), (f"{args.crowd} agents at once", "crowd")):
+        runs = {str(k).lower(): v for k, v in reuse_runs[key].items()}  # JSON turns True into "true"
+        off, on = runs["false"], runs["true"]
+        ta_off, ta_on = (
+            statistics.mean(off["turnaround"].values()),
+            statistics.mean(on["turnaround"].values()),
+        )
+        same = min(bleu(on["outputs"][n], off["outputs"][n]) for n in off["outputs"])
+        ratio = off["prefill_tokens"] / on["prefill_tokens"]
+        rows.append(
+            [label, off["prefill_tokens"], on["prefill_tokens"], ratio, ta_off, ta_on, ta_off / ta_on, same]
+        )
+        targets[label] = {"prefill_ratio": ratio, "turnaround_ratio": ta_off / ta_on, "bleu": same}
+    head = f"## Conversation KV reuse: {args.turns}-turn agents, {args.preamble}-token document, {args.reply}-token replies\n"
+    table = md_table(["run", "prefill tokens (no reuse)", "(reuse)", "ratio", "mean turnaround s (no reuse)",
+                      "(reuse)", "ratio", "BLEU reuse vs not"], rows)  # fmt: skip
+    return [head, table]
+
+
+def report(out: Path, args, res: dict, md_head: list[str], targets: dict, runs: dict, trials: int, total: float,
+           load_s: float) -> None:  # fmt: skip
+    """Tables, targets, JSON and plot from the trials done so far (written after every trial)."""
+    targets = dict(targets)
+    md = list(md_head)
     stats: dict[str, dict[str, float]] = {}
     for key, rs in runs.items():
         ta = [t for r in rs for t in r["turnaround"].values()]
@@ -334,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     fifo = stats["fifo"]["mean_turnaround"]
     seq = stats["sequential"]["mean_turnaround"]
-    md.append(f"\n## Multi-turn mix: {len(mix)} agents (2-6 calls, tool calls between), {args.mix_batch} rows, "
-              f"{args.trials} trials; mean over trials\n")  # fmt: skip
+    md.append(f"\n## Multi-turn mix: {len(MIX)} agents (2-6 calls, tool calls between), {args.mix_batch} rows, "
+              f"{trials} trial(s); mean over trials\n")  # fmt: skip
     md.append(md_table(
         ["mode", "turnaround mean s", "p90", "makespan", "/ FIFO", "/ sequential", "prefill tokens", "reused", "preemptions", "BLEU vs solo"],
         [[k, s["mean_turnaround"], s["p90_turnaround"], s["makespan"], s["mean_turnaround"] / fifo,
@@ -348,8 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         for k, s in stats.items() if not k.startswith("sequential")
     )  # fmt: skip
     targets["min_bleu"] = min(s["min_bleu"] for s in stats.values())
-    res.update(mix={"agents": MIX, "stats": stats, "runs": {k: [{x: r[x] for x in r if x != "outputs"} for r in rs]
-                                                            for k, rs in runs.items()}}, targets=targets)  # fmt: skip
+    res = dict(res)
+    res.update(mix={"agents": MIX, "trials": trials, "stats": stats,
+                    "runs": {k: [{x: r[x] for x in r if x != "outputs"} for r in rs] for k, rs in runs.items()}},
+               targets=targets)  # fmt: skip
     md.append("\n## Targets\n")
     rows = []
     for label in ("one agent", f"{args.crowd} agents at once"):
@@ -386,22 +430,18 @@ def main(argv: list[str] | None = None) -> int:
         ["BLEU 1.0 vs solo everywhere", f"min {targets['min_bleu']:.3f}", targets["min_bleu"] >= 0.9999]
     )
     md.append(md_table(["target", "measured", "met"], rows))
-    total = time.time() - t_start
-    md.append(f"\nWhole run: {total / 60:.1f} min (model load {bench.load_s:.1f}s).\n")
+    md.append(f"\nMix run: {total / 60:.1f} min (model load {load_s:.1f}s).\n")
     text = "\n".join(md)
-    print("\n" + text)
+    print("\n" + text, flush=True)
     res["total_seconds"] = total
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "agent_serving" if args.model == "smollm2" else f"agent_serving_{Path(args.model).name}"
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     (out / f"{stem}.md").write_text(text)
-    plot(out / f"{stem}.png", stats, args)
-    print(f"wrote {out / stem}.{{json,md,png}}")
-    return 0
+    plot(out / f"{stem}.png", stats, args, trials)
+    print(f"wrote {out / stem}.{{json,md,png}}", flush=True)
 
 
-def plot(path: Path, stats: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+def plot(path: Path, stats: dict[str, dict[str, float]], args: argparse.Namespace, trials: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -416,7 +456,7 @@ def plot(path: Path, stats: dict[str, dict[str, float]], args: argparse.Namespac
         ax.plot(xs, [stats[m + suffix]["p90_turnaround"] for m in modes], "k_", markersize=12)
     ax.set_xticks([i + width / 2 for i in range(len(modes))], modes)
     ax.set_ylabel("agent turnaround, s (bar: mean, dash: p90)")
-    ax.set_title(f"multi-turn agent mix on {args.model}: {args.mix_batch} rows, {args.trials} trials")
+    ax.set_title(f"multi-turn agent mix on {args.model}: {args.mix_batch} rows, {trials} trial(s)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
