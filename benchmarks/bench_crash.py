@@ -87,8 +87,9 @@ def main() -> int:
     t0 = time.time()
     for cycle in range(args.kills):
         after, delay = rng.randint(1, 12), rng.uniform(0.0, 0.4)
+        err = root / f"cycle{cycle}.stderr"
         p = subprocess.Popen([sys.executable, "-c", script, str(root), str(cycle)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+                             stderr=err.open("w"), text=True, env=env)  # fmt: skip
         n, recovered = 0, None
         for line in p.stdout:
             msg = json.loads(line)
@@ -113,6 +114,8 @@ def main() -> int:
         p.wait()
         cycles.append({"cycle": cycle, "resumed_at_start": recovered, "killed_after_acks": after,
                        "extra_delay_s": round(delay, 3), "rc": p.returncode})  # fmt: skip
+        if p.returncode != -signal.SIGKILL:  # it died on its own: keep why
+            cycles[-1]["stderr_tail"] = err.read_text()[-3000:]
         print(json.dumps(cycles[-1]), flush=True)
 
     from conftest import build_tiny_model, build_tiny_tokenizer
