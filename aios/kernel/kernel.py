@@ -191,7 +191,7 @@ class Kernel:
         with self._history_lock:
             self._history.append(syscall)
         if self._outcome_hook is not None:
-            syscall.add_done_callback(self._outcome_hook)
+            syscall.add_recorder(self._outcome_hook)
         if syscall.kind == LLMSyscall.kind:
             if self._refused(syscall):
                 return syscall

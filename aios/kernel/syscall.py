@@ -83,6 +83,7 @@ class Syscall(BaseModel):
     _done: threading.Event = PrivateAttr(default_factory=threading.Event)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _callbacks: list = PrivateAttr(default_factory=list)
+    _recorders: list = PrivateAttr(default_factory=list)
     _finishing: bool = PrivateAttr(default=False)
     _claimed: bool = PrivateAttr(default=False)
 
@@ -166,20 +167,28 @@ class Syscall(BaseModel):
                 self.scheduled_at = now
             self.finished_at = now
             self.result, self.error, self.status = result, error, status
-        # Callbacks (the audit record of a failure, the journal's record of a result) run before any
-        # waiter wakes: what the caller is told has been recorded already. One that raises is logged;
-        # it cannot keep the waiters asleep.
-        while True:
-            with self._lock:
-                callbacks, self._callbacks = self._callbacks, []
-                if not callbacks:
-                    self._done.set()
-                    return
-            for cb in callbacks:
-                try:
-                    cb(self)
-                except Exception:  # noqa: BLE001 - a recorder's bug must not lose the result
-                    logging.getLogger("aios.kernel").exception("syscall done-callback failed")
+            recorders = self._recorders
+        # Recorders (the kernel's audit of a failure) run before anyone can see the outcome: what a
+        # caller is told has been recorded already. One that raises is logged; it cannot keep the
+        # waiters asleep. Done-callbacks (waiters' wake-ups) run after.
+        for rec in recorders:
+            try:
+                rec(self)
+            except Exception:  # noqa: BLE001 - a recorder's bug must not lose the result
+                logging.getLogger("aios.kernel").exception("syscall recorder failed")
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, []
+            self._done.set()
+        for cb in callbacks:
+            cb(self)
+
+    def add_recorder(self, rec) -> None:
+        """Run ``rec(syscall)`` when it finishes, before any waiter wakes (the kernel's records)."""
+        with self._lock:
+            if not self._finishing:
+                self._recorders.append(rec)
+                return
+        rec(self)
 
     def add_done_callback(self, cb) -> None:
         """Run ``cb(syscall)`` once it finishes (at once if it already has)."""
