@@ -122,8 +122,12 @@ def run(workloads: list[str], reps: int, batch_reps: int, merge: bool = False, u
             data["schedulers"] = [s for s in prev.get("schedulers", []) if s not in up_names] + up_names
             data["date"] = prev.get("date", data["date"])
             data["upstream_date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            data["loadavg_at_start"] = dict(prev.get("loadavg_at_start", {}))   # one entry per run merged
+            data["upstream"] = list(prev.get("upstream", []))
     if up_names or up_table:
-        data["upstream"] = up_names
+        # a merge keeps upstream schedulers measured by earlier runs (one may fail a later run's verification)
+        data["upstream"] = sorted(set(up_names) | set(data.get("upstream", [])))
+        data["schedulers"] = [s for s in data["schedulers"] if s not in data["upstream"]] + data["upstream"]
         data["upstream_verification"] = up_table
     load0 = os.getloadavg()[0]
     data.setdefault("loadavg_at_start", {})[time.strftime("%H:%M:%S")] = round(load0, 2)
@@ -208,10 +212,10 @@ def write_outputs(data: dict) -> None:
         lines.append(f"| {wl} | {entry['goal']} | {pm} | {base:.1f} {unit} | " + " | ".join(cells) + " |")
     if data.get("upstream_date"):
         loads = ", ".join(f"{v} at {k}" for k, v in data.get("loadavg_at_start", {}).items())
-        lines += ["", f"Upstream columns: measured {data['upstream_date']} in their own boot per workload "
+        lines += ["", f"Upstream columns: measured on {data['upstream_date'][:10]} in their own boot per workload "
                   "(EEVDF and the upstream schedulers interleaved), merged next to the seeds' rows; each is "
                   "relative to the EEVDF runs of its own boot (the EEVDF column is the seeds' boot). Host load "
-                  f"average at start: {loads or 'n/a'} on 2 cores, shared with other work: absolute times are "
+                  f"average at the start of each run: {loads or 'n/a'} on 2 cores, shared with other work: absolute times are "
                   "inflated, same-boot ratios less so.", ""]
     uv = data.get("upstream_verification")
     if uv:

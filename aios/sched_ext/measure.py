@@ -155,8 +155,13 @@ unload() {{
 }}
 run_one() {{ # $1 = eevdf | scheduler name, $2 = rep
   if [ "$1" != eevdf ]; then
-    if ! bpftool struct_ops register /aios/sched/$1.bpf.o /sys/fs/bpf/aios_m_$1 > /tmp/reg.log 2>&1 \\
-       || [ "$(state)" != enabled ]; then
+    ok=0
+    if bpftool struct_ops register /aios/sched/$1.bpf.o /sys/fs/bpf/aios_m_$1 > /tmp/reg.log 2>&1; then
+      # enabling takes a moment under TCG on a loaded host (switching every task over)
+      i=0; while [ "$(state)" != enabled ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+      [ "$(state)" = enabled ] && ok=1
+    fi
+    if [ $ok -ne 1 ]; then
       aios_emit "loadfail_$1" /tmp/reg.log
       aios_result "{{\\"kind\\":\\"load\\",\\"sched\\":\\"$1\\",\\"ok\\":false,\\"state\\":\\"$(state)\\"}}"
       unload $1; return 1
@@ -236,8 +241,8 @@ def measure_objects(objects: Sequence[VerifiedObject], workload: str | Workload,
     for o in objects:
         failed = [r for r in loadfail if r.get("sched") == o.name]
         if failed:
-            raise MeasureError(f"{o.name} did not load in the measurement VM: "
-                               f"{res.blobs.get('loadfail_' + o.name, '')[-800:]}")
+            raise MeasureError(f"{o.name} did not load in the measurement VM (sched_ext state "
+                               f"{failed[0].get('state')!r}): {res.blobs.get('loadfail_' + o.name, '')[-800:]}")
         # pair EEVDF and candidate by repetition
         b_map, c_map = by_rep["eevdf"], by_rep[o.name]
         reps_common = sorted(set(b_map) & set(c_map))
