@@ -151,7 +151,7 @@ def reference(tiny_lm):
     return ref
 
 
-@pytest.mark.parametrize("kill_at", [1, 40, 80])  # of ~95 steps in all
+@pytest.mark.parametrize("kill_at", [1, 30, 60])  # of ~95 steps in all (margin for engine changes)
 def test_sigkill_then_restart_finishes_every_acknowledged_generation_exactly(
     tiny_lm, reference, tmp_path, kill_at
 ):
