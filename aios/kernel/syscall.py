@@ -216,7 +216,9 @@ class Syscall(BaseModel):
 
         self.add_done_callback(_wake)
         await fut
-        return self.wait(0)
+        # done-callbacks run before waiters wake, so ours may fire while later callbacks still run on
+        # the finishing thread: wait (briefly) for the finish itself instead of assuming it happened
+        return self.wait()
 
     def __await__(self):
         return self.wait_async().__await__()
