@@ -33,7 +33,7 @@ def main() -> None:
 
     from aios.kernel.context import ContextManager
     from aios.kernel.llm import load_model
-    from aios.kernel.model_runner import ModelRunner
+    from aios.kernel.model_runner import Chunk, ModelRunner
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,9 +56,9 @@ def main() -> None:
     for n in [int(x) for x in args.contexts.split(",")]:
         ids = torch.randint(100, model.config.vocab_size - 100, (n,), generator=g).tolist()
         slot, other = 0, 1
-        logits, t_prefill = timed(lambda ids=ids, slot=slot: runner.prefill(slot, ids), args.reps)
+        logits, t_prefill = timed(lambda ids=ids, slot=slot: runner.run([Chunk(slot, ids, 0)])[0], args.reps)
         nxt = int(logits.argmax())
-        ref = runner.decode([(slot, nxt, n)])[0]  # what the uninterrupted continuation computes
+        ref = runner.run([Chunk(slot, [nxt], n)])[0]  # what the uninterrupted continuation computes
         row = {"context": n, "reprefill_s": t_prefill}
         for name, ctx in (("mem", mem), ("disk", disk)):
             handle, t_snap = timed(lambda ctx=ctx, slot=slot, n=n: ctx.store([runner.cache.read(slot, n)]), 1)
@@ -70,7 +70,7 @@ def main() -> None:
                 t_restore_list.append(time.perf_counter() - t0)
                 handle = ctx.store(kv)  # put it back for the next repetition (not timed)
             ctx.release(handle)
-            got = runner.decode([(other, nxt, n)])[0]
+            got = runner.run([Chunk(other, [nxt], n)])[0]
             row[f"snapshot_{name}_s"] = t_snap
             row[f"restore_{name}_s"] = statistics.median(t_restore_list)
             row[f"exact_{name}"] = bool(torch.equal(got, ref))

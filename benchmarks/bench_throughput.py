@@ -50,7 +50,7 @@ def main() -> None:
     n_new = args.new_tokens
 
     base, tok = load_model("smollm2", "cpu")  # plain model (sdpa) for the baselines
-    kmodel, _ = load_model("smollm2", "cpu")  # the kernel's model (its attention is switched to aios_ragged)
+    kmodel, _ = load_model("smollm2", "cpu")  # the kernel's model (the engine fuses its q/k/v and gate/up weights)
 
     def prompt_ids(i: int) -> list[int]:
         text = tok.apply_chat_template(story_messages(i), add_generation_prompt=True, tokenize=False)
