@@ -216,9 +216,7 @@ class Syscall(BaseModel):
 
         self.add_done_callback(_wake)
         await fut
-        # done-callbacks run before waiters wake, so ours may fire while later callbacks still run on
-        # the finishing thread: wait (briefly) for the finish itself instead of assuming it happened
-        return self.wait()
+        return self.wait()  # no timeout: never a spurious TimeoutError if callback order changes
 
     def __await__(self):
         return self.wait_async().__await__()
