@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20, help="no-op calls per agent in the 32-agent run")
     ap.add_argument("--oa-agents", type=int, default=8)
     ap.add_argument("--oa-tokens", type=int, default=64)
+    ap.add_argument("--note", default="", help="how the run was taken (recorded in the results)")
     args = ap.parse_args()
 
     import torch
@@ -323,6 +324,7 @@ def report(d: dict) -> str:
         f"{lo['openai8']['tok_per_s']:.1f} | {re_['openai8']['tok_per_s']:.1f} | "
         f"**{r[k_oa]:.2f}x** (target >= 0.9x) |",
         "",
+        *([f"Note: {a['note']}", ""] if a.get("note") else []),
         f"OpenAI endpoint texts identical to the in-process texts: {d['openai_texts_equal_in_process']}. "
         f"Server exit status after SIGTERM: {re_['server_exit']}. Whole run {d['wall_s']:.0f} s.",
         "",
