@@ -212,6 +212,8 @@ class Syscall(BaseModel):
         fut: asyncio.Future = loop.create_future()
 
         def _wake(_: Syscall) -> None:
+            if loop.is_closed():  # the waiter's event loop ended before the call did: nobody to wake
+                return
             loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
 
         self.add_done_callback(_wake)
