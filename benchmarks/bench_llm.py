@@ -617,7 +617,8 @@ def render_markdown(data: dict) -> str:
         f"Run {data['machine']['time']}, {data['machine']['cpu_count']} CPUs, {data['threads']} threads per system, "
         f"load average at start {', '.join(f'{x:.2f}' for x in data['machine']['loadavg_at_start'])}"
         + (
-            " (**the machine was shared: figures are lower than on a quiet machine**)"
+            " (**the machine was shared: every figure, the roofline included, is lower than on a quiet"
+            " machine, so the % of roof is not meaningful**)"
             if data["machine"]["loadavg_at_start"][0] > 1.5
             else ""
         )
