@@ -11,7 +11,7 @@ import pytest
 from _mgr_util import admin, make_kernel
 
 import aios
-from aios.kernel.storage import _agent_dirname
+from aios.kernel.storage_files import agent_dirname
 from aios.kernel.syscall import SyscallFailed
 
 SECRET = "SECRET-7f3a"
@@ -121,7 +121,7 @@ def _host_state(kernel):
     and her rows in the storage database through a separate read-only connection."""
     st = kernel.modules["storage"]
     data = st.files_root.parent
-    mallory = st.files_root / _agent_dirname("mallory")
+    mallory = st.files_root / agent_dirname("mallory")
     skip = {mallory, data / "chroma"}  # mallory's own files; the index (checked through the kernel)
     files = sorted(
         (str(p.relative_to(data.parent)), p.read_bytes())
@@ -140,7 +140,7 @@ def _host_state(kernel):
 def test_adversarial_suite(kernel):
     mem, keys, files = _victim(kernel)
     before = _snapshot(kernel)
-    adir = _agent_dirname("alice")
+    adir = agent_dirname("alice")
     root = kernel.modules["storage"].files_root
     a: list = []  # (label, callable, is_write)
     A = aios

@@ -81,7 +81,7 @@ def test_sqlite_locked_by_another_process(tmp_path):
             assert put.wait(60)["key"] == "during"
             assert aios.storage_get("during")["content"] == "x"
             # 2. held past the busy timeout: a typed failure, nothing written, the next write works
-            st._db.execute("PRAGMA busy_timeout=200")
+            st.db.conn.execute("PRAGMA busy_timeout=200")
             locker = lock_db(st.data_dir / "storage.db")
             try:
                 with pytest.raises(SyscallFailed) as ei:

@@ -81,12 +81,12 @@ def test_reconcile_repairs_index(tmp_path):
     s = StorageManager(tmp_path / "d", embedder=aios.kernel.embedding.HashEmbedder())
     for i in range(5):
         s.put("a", f"k{i}", f"text {i}")
-    col = s._index()
+    col = s.index.open()
     col.delete(ids=[col.get()["ids"][0]])  # a row whose index entry was lost
     col.upsert(
         ids=["99999"], embeddings=[[0.1] * 64], metadatas=[{"agent": "a", "key": "ghost", "version": 1}]
     )
-    with s._tx() as db:  # a row updated in SQLite but not re-indexed
+    with s.db.tx() as db:  # a row updated in SQLite but not re-indexed
         db.execute("UPDATE items SET version = version + 1 WHERE key = 'k3'")
     c = s.consistency()
     assert not c["consistent"] and c["missing"] and c["orphans"] == ["99999"] and c["stale"]
@@ -177,7 +177,7 @@ def test_chroma_server_mode(tmp_path):
                 aios.storage_put("b", "trains and buses")
                 assert aios.storage_search("pears", k=1)[0]["key"] == "a"
             st = k.modules["storage"]
-            assert st.url is not None and st._client is not None
+            assert st.url is not None and st.index.client is not None
             assert st.consistency()["consistent"]
         finally:
             k.shutdown()
