@@ -1,6 +1,6 @@
 """``aios sched …`` subcommands of the sched_ext toolchain.
 
-Why a separate module: the top-level ``aios/cli.py`` only calls
+Why a separate module: the top-level CLI (``aios/cli/sched.py``) only calls
 ``add_subcommands(subparsers)``; everything heavy (qemu, clang, the
 measurement code) is imported when a subcommand runs.
 

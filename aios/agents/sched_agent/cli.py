@@ -1,7 +1,7 @@
 """``aios sched optimize``: run the sched-agent on a workload from the command line.
 
 Why it lives with the agent: the toolchain (``aios/sched_ext``) never imports the agent, which is a
-layer above it. The top-level CLI (``aios/cli.py``) adds this subcommand next to the toolchain's
+layer above it. The top-level CLI (``aios/cli/sched.py``) adds this subcommand next to the toolchain's
 own with a single call to ``add_optimize_subcommand(sched_subparsers)``.
 
     aios sched optimize --workload batch [--goal "…"] [--mode compose|write] [--budget 5]

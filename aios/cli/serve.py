@@ -9,8 +9,7 @@
 so it works whether or not a server runs on it; a running server sees a new or revoked token at
 the next request (authentication reads the database, not a copy).
 
-Kept out of ``aios/cli.py`` so that file only wires subcommands; nothing here imports the server's
-dependencies (uvicorn, starlette) until ``serve`` runs.
+Nothing here imports the server's dependencies (uvicorn, starlette) until ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -23,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aios.cli.base import SCHEDULERS, UsageError, check_model, format_table, load_llm
+
 DEFAULT_PORT = 8000
 
 
 def add_subcommands(sub: Any) -> None:
     """Add ``serve`` and ``agent`` to the ``aios`` parser's subparsers."""
-    from aios.cli import SCHEDULERS
-
     p = sub.add_parser("serve", help="serve one kernel to agents in other processes (HTTP, Unix socket, OpenAI API)")
     p.add_argument("--model", default="smollm2", help="smollm2 (embedded), a path, a hub name, or openai:URL#MODEL")
     p.add_argument("--data-dir", default=None, help="the kernel's state: identities, audit log, storage "
@@ -75,7 +74,6 @@ def data_dir_of(args: argparse.Namespace) -> Path:
 
 # -- aios serve ------------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aios.cli import UsageError, _check_model, _load_llm
     from aios.kernel.config import KernelConfig
     from aios.kernel.kernel import Kernel
 
@@ -88,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = None if args.socket == "none" else Path(args.socket) if args.socket else data_dir / "aios.sock"
     if sock is not None and len(str(sock.absolute())) > 100:
         raise UsageError(f"Unix socket path too long for the OS (over 100 bytes): {sock}; pass --socket")
-    _check_model(args.model)
+    check_model(args.model)
     try:
         cfg = KernelConfig(model=args.model, scheduler=args.scheduler, quantum=args.quantum,
                            max_batch_size=args.max_batch_size, cache_dir=args.cache_dir, data_dir=data_dir,
@@ -98,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         errors = getattr(exc, "errors", None)
         raise UsageError(f"bad option: {errors()[0]['msg'] if callable(errors) else exc}") from exc
     kernel = Kernel(cfg)
-    _load_llm(kernel, args.quiet)
+    load_llm(kernel, args.quiet)
 
     def ready(where: dict[str, Any]) -> None:
         unix = f" and unix:{where['unix_socket']}" if where["unix_socket"] else ""
@@ -126,7 +124,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- aios agent ------------------------------------------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
-    from aios.cli import UsageError, format_table
     from aios.kernel.access import AccessManager
 
     if args.agent_command is None:
