@@ -23,6 +23,7 @@ Public API::
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -74,6 +75,9 @@ class BuildResult(BaseModel):
     command: list[str] = Field(default_factory=list)
     stderr: str = ""
     duration_s: float = 0.0
+    #: every file clang read for this object (the source and each header), from its ``-MD`` output:
+    #: what ``provenance.py`` checks before it calls a program the kernel's own
+    dependencies: list[Path] = Field(default_factory=list)
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -164,7 +168,9 @@ def compile_bpf(source: Path | str, out: Path | str | None = None, setup: SetupI
                        message=f"include directory not found: {', '.join(missing)}")
         return BuildResult(ok=False, source=source, diagnostics=[d], duration_s=0.0)
     reserved = {n: RESERVED_ALIAS + n[2:] for n in setup.kfuncs if n.startswith("__")}
-    cmd = clang_command(source, out, setup, {**reserved, **(defines or {})}, extra_flags, include_dirs)
+    depfile = out.with_name(out.name + ".d")
+    cmd = clang_command(source, out, setup, {**reserved, **(defines or {})}, (*extra_flags, "-MD", "-MF", str(depfile)),
+                        include_dirs)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -178,8 +184,32 @@ def compile_bpf(source: Path | str, out: Path | str | None = None, setup: SetupI
     if not ok and not any(d.severity in ("error", "fatal error") for d in diags):
         diags.append(Diagnostic(file=str(source), line=0, column=0, severity="error",
                                 message=(proc.stderr.strip().splitlines() or ["clang failed"])[-1]))
+    deps = parse_depfile(depfile.read_text(errors="replace")) if ok and depfile.is_file() else []
+    depfile.unlink(missing_ok=True)
     return BuildResult(ok=ok, source=source, object_path=out if ok else None, diagnostics=diags,
-                       command=cmd, stderr=proc.stderr[-20000:], duration_s=round(time.monotonic() - t0, 3))
+                       command=cmd, stderr=proc.stderr[-20000:], duration_s=round(time.monotonic() - t0, 3),
+                       dependencies=deps)
+
+
+@functools.lru_cache(maxsize=8)
+def system_include_dirs(clang: str) -> tuple[Path, ...]:
+    """The directories ``clang -target bpf`` searches on its own (its resource headers, /usr/include)."""
+    proc = subprocess.run([clang, "-target", "bpf", "-E", "-v", "-x", "c", "/dev/null", "-o", "/dev/null"],
+                          capture_output=True, text=True)
+    m = re.search(r"#include <\.\.\.> search starts here:\n(.*?)\nEnd of search list", proc.stderr, re.S)
+    return tuple(Path(ln.strip()).resolve() for ln in (m.group(1).splitlines() if m else []) if ln.strip())
+
+
+def parse_depfile(text: str) -> list[Path]:
+    """The prerequisites of a make-style dependency file (``clang -MD``), resolved, in order."""
+    body = text.replace("\\\n", " ").split(":", 1)[-1] if ":" in text else ""
+    names = re.findall(r"(?:\\.|[^\s\\])+", body)
+    out: list[Path] = []
+    for n in names:
+        p = Path(re.sub(r"\\(.)", r"\1", n)).resolve()
+        if p not in out:
+            out.append(p)
+    return out
 
 
 #: clang 14 emits no BTF for an extern function whose name starts with ``__`` (a reserved identifier),
@@ -425,22 +455,72 @@ def _extract_struct_block(raw: str, struct_name: str) -> str:
     raise RuntimeError(f"struct {struct_name} not in the kernel BTF")
 
 
+#: The struct_ops types that define a sched_ext scheduler: the classic CPU-indexed ``sched_ext_ops`` and,
+#: from kernel 7.2, ``sched_ext_ops_cid`` (the same scheduler interface indexed by CPU ids:
+#: ``SCX_OPS_CID_DEFINE``, used by 7.2's scx_qmap). Both carry ``timeout_ms`` and ``name``.
+SCHED_EXT_OPS_TYPES = ("sched_ext_ops", "sched_ext_ops_cid")
+
+
+def btf_var_types(obj: bytes) -> dict[str, str]:
+    """VAR name -> type (``"struct sched_ext_ops"``) in the object's BTF, via host bpftool (no privileges)."""
+    with tempfile.NamedTemporaryFile(suffix=".bpf.o") as fh:
+        fh.write(obj)
+        fh.flush()
+        proc = subprocess.run(["bpftool", "btf", "dump", "file", fh.name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {}
+    types: dict[int, tuple[str, str, str]] = {}
+    for m in re.finditer(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$", proc.stdout, re.M):
+        types[int(m.group(1))] = (m.group(2), m.group(3), m.group(4))
+    out = {}
+    for kind, name, rest in types.values():
+        if kind != "VAR":
+            continue
+        tm = re.search(r"type_id=(\d+)", rest)
+        tid = int(tm.group(1)) if tm else 0
+        while tid in types and types[tid][0] in ("CONST", "VOLATILE", "TYPEDEF"):
+            nm = re.search(r"type_id=(\d+)", types[tid][2])
+            tid = int(nm.group(1)) if nm else 0
+        if tid in types:
+            out[name] = f"{types[tid][0].lower()} {types[tid][1]}"
+    return out
+
+
+def struct_ops_types(obj: bytes) -> dict[str, str]:
+    """Each struct_ops map symbol -> its struct name (``sched_ext_ops`` when the BTF does not say)."""
+    var_types = btf_var_types(obj)
+    out = {}
+    for sym in ElfObject(obj).struct_ops_maps():
+        t = var_types.get(sym.name, "struct sched_ext_ops")
+        out[sym.name] = t.removeprefix("struct ")
+    return out
+
+
+def _ops_offsets(obj: bytes, setup: SetupInfo | None) -> dict[str, dict[str, tuple[int, int]]]:
+    """Member offsets of each struct_ops map's own type (the classic or the cid flavour)."""
+    types = struct_ops_types(obj)
+    return {sym: struct_member_offsets(setup, t if t in SCHED_EXT_OPS_TYPES else "sched_ext_ops")
+            for sym, t in types.items()}
+
+
 def patch_struct_ops_field(obj: bytes, field: str, value: int, setup: SetupInfo | None = None,
                            only_if_zero: bool = False) -> bytes:
     """Set an integer member (e.g. ``timeout_ms``) of every sched_ext_ops map in the object.
 
     Used by the verifier to force a short watchdog so a stalling scheduler is
-    ejected within seconds instead of the default 30 s.
+    ejected within seconds instead of the default 30 s.  Each map is patched at
+    its own type's offset (``SCHED_EXT_OPS_TYPES``).
     """
+    offsets_by_map = _ops_offsets(obj, setup)
     elf = ElfObject(obj)
-    offsets = struct_member_offsets(setup, "sched_ext_ops")
-    if field not in offsets:
-        raise KeyError(f"sched_ext_ops has no member {field!r} on this kernel")
-    off, size = offsets[field]
-    fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}.get(size)
-    if fmt is None:
-        raise ValueError(f"sched_ext_ops.{field} is not a scalar ({size} bytes)")
     for sym in elf.struct_ops_maps():
+        offsets = offsets_by_map.get(sym.name, {})
+        if field not in offsets:
+            raise KeyError(f"{struct_ops_types(obj).get(sym.name)} has no member {field!r} on this kernel")
+        off, size = offsets[field]
+        fmt = {1: "<B", 2: "<H", 4: "<I", 8: "<Q"}.get(size)
+        if fmt is None:
+            raise ValueError(f"sched_ext_ops.{field} is not a scalar ({size} bytes)")
         if sym.size < off + size:
             continue
         if only_if_zero and any(elf.symbol_bytes(sym)[off:off + size]):
@@ -476,11 +556,11 @@ def set_tunables(obj: bytes, values: dict[str, int | float | bool]) -> bytes:
 
 def read_struct_ops_name(obj: bytes, setup: SetupInfo | None = None) -> dict[str, str]:
     """Map symbol → ``.name`` string of each sched_ext_ops map in the object."""
+    offsets_by_map = _ops_offsets(obj, setup)
     elf = ElfObject(obj)
-    offsets = struct_member_offsets(setup, "sched_ext_ops")
-    off, size = offsets.get("name", (0, 0))
     out = {}
     for sym in elf.struct_ops_maps():
+        off, size = offsets_by_map.get(sym.name, {}).get("name", (0, 0))
         raw = elf.symbol_bytes(sym)[off:off + size]
         out[sym.name] = raw.split(b"\0", 1)[0].decode(errors="replace")
     return out

@@ -7,9 +7,15 @@ inline asm), what would fail later with a cryptic error (no sched_ext_ops map,
 no name, a kfunc the target kernel lacks, a non-GPL license), loops with no
 visible bound, and tunables the loader cannot set (not ``const volatile``).
 
+One policy, two audiences (``provenance.py``): a program that is byte-for-byte one of the kernel's
+own examples, built with its own headers, is ``upstream`` and gets the findings in
+``UPSTREAM_ALLOWANCES`` waived (kept in the report as ``allowed``, with the reason); everything else,
+and every model-written program, gets the full policy. Nothing else is waived: an upstream program
+must still be a struct_ops scheduler, GPL, call no forbidden helper or kfunc, and bound its loops.
+
 Public API::
 
-    run_checks(source_text, obj_bytes, setup=None) -> CheckReport
+    run_checks(source_text, obj_bytes, setup=None, include_dirs=(), provenance=None) -> CheckReport
     check_source(source_text) -> list[Finding]
     check_object(obj_bytes, kfuncs: set[str] | None, source_text="") -> list[Finding]
 """
@@ -18,22 +24,23 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from .build import ElfObject, read_struct_ops_name
+from .build import SCHED_EXT_OPS_TYPES, ElfObject, btf_var_types, read_struct_ops_name
+from .provenance import Provenance
 from .setup import SetupInfo, ensure_setup
 
 #: Helpers a scheduler must never call (by BPF helper id): they reach outside scheduling.
 FORBIDDEN_HELPERS = {
     36: "bpf_probe_write_user", 58: "bpf_override_return", 109: "bpf_send_signal",
     117: "bpf_send_signal_thread", 166: "bpf_sys_bpf", 167: "bpf_btf_find_by_name_kind",
-    168: "bpf_sys_close", 6: "bpf_trace_printk",
+    168: "bpf_sys_close",
 }
+#: Helpers refused as hygiene rather than safety (finding code, name): the kernel's examples may use them.
+DEBUG_HELPERS = {6: "bpf_trace_printk"}
 #: Highest helper id known (kernel 7.x ends around 211): anything above is unknown.
 MAX_HELPER_ID = 215
 #: kfuncs a scheduler must not call even if the kernel has them.
@@ -50,6 +57,14 @@ FORBIDDEN_SOURCE = [
     (re.compile(r"\bbpf_trace_printk\b|\bbpf_printk\b"), "debug-print",
      "bpf_printk/bpf_trace_printk floods the trace pipe; use a counter map or scx_bpf_error"),
 ]
+#: Findings waived for the kernel's own example schedulers (``provenance.py``), and why. These rules
+#: protect against what a model writes, not against what a BPF program can do: the kernel verifier
+#: still checks every instruction of an upstream program, and the dynamic stage still runs it.
+UPSTREAM_ALLOWANCES = {
+    "inline-asm": "the kernel verifier checks every instruction it emits (scx_qmap's empty asm ties its BPF "
+                  "arena to each program)",
+    "debug-print": "it writes to the trace pipe only (on rare events and behind flags in the examples)",
+}
 #: Headers from the toolchain: ours, the kernel's vmlinux.h, libbpf's bpf/*.h and the kernel's scx/*.h.
 _ALLOWED_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](aios_scx\.h|vmlinux\.h|bpf/[\w.]+\.h|scx/[\w.]+\.h)[>"]')
 _INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
@@ -58,7 +73,7 @@ _INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
 class Finding(BaseModel):
     """One static-check result."""
 
-    severity: str  # "error" | "warning"
+    severity: str  # "error" | "warning" | "allowed" (an error waived for an upstream program)
     code: str
     message: str
     line: int | None = None
@@ -71,6 +86,8 @@ class Finding(BaseModel):
 class CheckReport(BaseModel):
     ok: bool
     findings: list[Finding] = Field(default_factory=list)
+    #: "upstream" (the kernel's own example, see provenance.py) or "submitted"
+    origin: str = "submitted"
     ops_names: dict[str, str] = Field(default_factory=dict)  # map symbol -> .name
     kfuncs_used: list[str] = Field(default_factory=list)
     helpers_used: list[int] = Field(default_factory=list)
@@ -236,31 +253,6 @@ def _calls(elf: ElfObject) -> tuple[set[int], set[str]]:
     return helpers, kfuncs
 
 
-def _btf_var_types(obj: bytes) -> dict[str, str]:
-    """VAR name -> type name for the object's BTF, via host bpftool (no privileges needed)."""
-    with tempfile.NamedTemporaryFile(suffix=".bpf.o") as fh:
-        fh.write(obj)
-        fh.flush()
-        proc = subprocess.run(["bpftool", "btf", "dump", "file", fh.name], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {}
-    types: dict[int, tuple[str, str, str]] = {}
-    for m in re.finditer(r"^\[(\d+)\] (\w+) '([^']*)'(.*)$", proc.stdout, re.M):
-        types[int(m.group(1))] = (m.group(2), m.group(3), m.group(4))
-    out = {}
-    for kind, name, rest in types.values():
-        if kind != "VAR":
-            continue
-        tm = re.search(r"type_id=(\d+)", rest)
-        tid = int(tm.group(1)) if tm else 0
-        while tid in types and types[tid][0] in ("CONST", "VOLATILE", "TYPEDEF"):
-            nm = re.search(r"type_id=(\d+)", types[tid][2])
-            tid = int(nm.group(1)) if nm else 0
-        if tid in types:
-            out[name] = f"{types[tid][0].lower()} {types[tid][1]}"
-    return out
-
-
 def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
                  setup: SetupInfo | None = None) -> tuple[list[Finding], dict]:
     """Checks on the compiled object; returns (findings, facts)."""
@@ -279,10 +271,10 @@ def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
                                 message="no struct_ops map: define the scheduler with "
                                         "SCX_OPS_DEFINE(name_ops, .name = \"name\", ...)"))
     else:
-        var_types = _btf_var_types(obj)
+        var_types = btf_var_types(obj)
         for sym in maps:
             t = var_types.get(sym.name)
-            if t is not None and t != "struct sched_ext_ops":
+            if t is not None and t.removeprefix("struct ") not in SCHED_EXT_OPS_TYPES:
                 findings.append(Finding(severity="error", code="no-ops",
                                         message=f"struct_ops map {sym.name} is a {t}, not struct sched_ext_ops"))
             if sym.section == ".struct_ops":
@@ -297,7 +289,11 @@ def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
             names = read_struct_ops_name(obj, setup)
         except (RuntimeError, KeyError) as e:
             names = {}
-            findings.append(Finding(severity="warning", code="ops-name", message=f"cannot read .name: {e}"))
+            missing_type = "not in the kernel BTF" in str(e)   # e.g. sched_ext_ops_cid on a kernel before 7.2
+            findings.append(Finding(severity="error" if missing_type else "warning",
+                                    code="no-ops" if missing_type else "ops-name",
+                                    message=f"the target kernel cannot take this scheduler: {e}" if missing_type
+                                    else f"cannot read .name: {e}"))
         facts["ops_names"] = names
         for sym, nm in names.items():
             if not nm:
@@ -332,7 +328,11 @@ def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
     helpers, called = _calls(elf)
     facts["helpers_used"] = sorted(helpers)
     for h in sorted(helpers):
-        if h in FORBIDDEN_HELPERS:
+        if h in DEBUG_HELPERS:
+            findings.append(Finding(severity="error", code="debug-print",
+                                    message=f"calls {DEBUG_HELPERS[h]} (helper {h}), not allowed in a scheduler: "
+                                            "use a counter map or scx_bpf_error"))
+        elif h in FORBIDDEN_HELPERS:
             findings.append(Finding(severity="error", code="forbidden-helper",
                                     message=f"calls {FORBIDDEN_HELPERS[h]} (helper {h}), not allowed in a scheduler"))
         elif h <= 0 or h > MAX_HELPER_ID:
@@ -373,14 +373,27 @@ def check_object(obj: bytes, kfuncs: set[str] | None, source_text: str = "",
 
 
 def run_checks(source_text: str, obj: bytes, setup: SetupInfo | None = None,
-               include_dirs: Sequence[Path | str] = ()) -> CheckReport:
-    """Source + object checks; ``ok`` when no finding is an error (``include_dirs``: see ``check_source``)."""
+               include_dirs: Sequence[Path | str] = (), provenance: Provenance | None = None) -> CheckReport:
+    """Source + object checks; ``ok`` when no finding is an error (``include_dirs``: see ``check_source``).
+
+    ``provenance`` (from ``provenance.provenance_of``) selects the rule set: for an ``upstream``
+    program the findings named in ``UPSTREAM_ALLOWANCES`` become ``allowed``; otherwise, and when it
+    is not given, the full policy applies.
+    """
     setup = setup or ensure_setup(progress=False)
     findings = check_source(source_text, include_dirs)
     obj_findings, facts = check_object(obj, set(setup.kfuncs), source_text, setup)
     findings += obj_findings
+    origin = provenance.origin if provenance is not None else "submitted"
+    if origin == "upstream":
+        assert provenance is not None
+        findings = [f.model_copy(update={"severity": "allowed",
+                                         "message": f"{f.message}; allowed in the kernel's own "
+                                                    f"{provenance.program} ({provenance.package}): "
+                                                    f"{UPSTREAM_ALLOWANCES[f.code]}"})
+                    if f.code in UPSTREAM_ALLOWANCES else f for f in findings]
     ok = not any(f.severity == "error" for f in findings)
-    return CheckReport(ok=ok, findings=findings, **facts)
+    return CheckReport(ok=ok, findings=findings, origin=origin, **facts)
 
 
 def check_file(source: Path | str, obj: Path | str, setup: SetupInfo | None = None) -> CheckReport:

@@ -36,6 +36,7 @@ from .build import BuildResult, compile_bpf, patch_struct_ops_field
 from .checks import CheckReport, run_checks
 from .loader import GUEST_STATE_SNIPPET, parse_exits, parse_state
 from .prepare import Target, apply_to_elf, guest_target, plan_load
+from .provenance import Provenance, provenance_of
 from .setup import SetupInfo, ensure_setup
 from .vm import MicroVM, VMResult
 
@@ -108,18 +109,24 @@ def _stage_compile(source: Path, setup: SetupInfo, include_dirs: Sequence[Path |
                    duration_s=b.duration_s), b
 
 
-def _stage_static(source: Path, obj: bytes, setup: SetupInfo, include_dirs: Sequence[Path | str]
-                  ) -> tuple[Verdict, CheckReport]:
+def _stage_static(source: Path, build: BuildResult, obj: bytes, setup: SetupInfo,
+                  include_dirs: Sequence[Path | str]) -> tuple[Verdict, CheckReport, Provenance]:
+    """The static policy, with the rule set the program's provenance selects (``provenance.py``)."""
     t0 = time.monotonic()
-    rep = run_checks(source.read_text(errors="replace"), obj, setup, [source.parent, *include_dirs])
+    prov = provenance_of(build, setup)
+    rep = run_checks(source.read_text(errors="replace"), obj, setup, [source.parent, *include_dirs], prov)
     dt = round(time.monotonic() - t0, 3)
     errs = [str(f) for f in rep.errors]
-    warns = [str(f) for f in rep.findings if f.severity != "error"]
+    allowed = [str(f) for f in rep.findings if f.severity == "allowed"]
+    warns = [str(f) for f in rep.findings if f.severity == "warning"]
     if rep.ok:
-        return Verdict(stage="static", ok=True, reason=f"{len(warns)} warning(s)" if warns else "",
-                       details=warns[:5], duration_s=dt), rep
+        reason = ", ".join(x for x in (f"{len(warns)} warning(s)" if warns else "",
+                                       f"upstream program ({prov.label()}): {len(allowed)} finding(s) allowed"
+                                       if allowed else "") if x)
+        return Verdict(stage="static", ok=True, reason=reason, details=(allowed[:3] + warns)[:5],
+                       duration_s=dt), rep, prov
     return Verdict(stage="static", ok=False, reason=rep.errors[0].message, details=errs[:8] + warns[:3],
-                   duration_s=dt), rep
+                   duration_s=dt), rep, prov
 
 
 # ---------------------------------------------------------------------- guest script
@@ -376,7 +383,8 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
             continue
         vr.object_path = b.object_path
         obj = b.object_path.read_bytes()
-        v, rep = _stage_static(source, obj, setup, include_dirs)
+        v, rep, prov = _stage_static(source, b, obj, setup, include_dirs)
+        vr.facts["provenance"] = prov.model_dump()
         if v.ok:
             v, obj = _initialize(source, obj, target, overrides, v, vr)
             b.object_path.write_bytes(obj)

@@ -5,8 +5,12 @@ cached guest kernel, section resizing and the reserved-name fix on real objects,
 replay (``prepare.plan_load``) on the kernel's own loaders, the include rules, and the host-side
 refusals (scx_userland, scx_pair, a header we do not have, a tunable we cannot infer).
 
-One VM boot (``test_upstream_in_vm``) takes scx_simple, scx_central, scx_flatcg and three probes
-through all four stages: a scheduler that only dispatches to ``SCX_DSQ_LOCAL`` (it is ejected if
+Provenance (no boot): the kernel's scx_qmap passes the static stage under the upstream rule set
+(inline asm, bpf_printk allowed), while a changed copy, a doctored header or a model-written program
+with the same constructs is refused.
+
+One VM boot (``test_upstream_in_vm``) takes scx_simple, scx_central, scx_flatcg, scx_qmap and three
+probes through all four stages: a scheduler that only dispatches to ``SCX_DSQ_LOCAL`` (it is ejected if
 the enum globals stay 0, which its negative control shows by leaving them 0), and one that calls
 ``scx_bpf_error`` (its exit record must come back decoded).  Skipped only without the set-up cache
 or without the kernel's sched_ext tree in it.
@@ -144,23 +148,88 @@ def test_host_side_refusals(setup_info, tmp_path):
     (tmp_path / "tunable.c").write_text("int main(void) { skel = SCX_OPS_OPEN(el_ops, tunable);\n"
                                         "skel->rodata->magic = read_magic_from(\"/etc/magic\");\n"
                                         "SCX_OPS_LOAD(skel, el_ops, tunable, uei); }\n")
-    userland, pair, qmap, miss, tune = verify_many(
-        [_example(setup_info, "scx_userland"), _example(setup_info, "scx_pair"), _example(setup_info, "scx_qmap"),
-         missing, tun], setup=setup_info, stop_after="static")
+    userland, pair, miss, tune = verify_many(
+        [_example(setup_info, "scx_userland"), _example(setup_info, "scx_pair"), missing, tun], setup=setup_info,
+        stop_after="static")
     assert userland.failed_stage == "static" and "user-space part" in userland.reason, userland.report()
     assert pair.failed_stage == "static" and "cannot replay" in pair.reason, pair.report()
     assert miss.failed_stage == "compile" and "no_such_header.h" in miss.reason, miss.report()
     assert "not among the kernel's sched_ext headers" in miss.reason
     assert tune.failed_stage == "static" and "magic" in tune.reason and "--set magic=" in tune.reason, tune.report()
-    # scx_qmap needs more than 512 bytes of stack under clang 14; with a newer clang it compiles, and 7.2's
-    # qmap (arena-backed, inline asm to touch the arena, bpf_printk) is refused by the static policy
-    if qmap.failed_stage == "compile":
-        assert "stack" in qmap.reason, qmap.report()
-    else:
-        assert qmap.failed_stage == "static" and "inline assembly" in qmap.reason, qmap.report()
     # --set supplies the tunable: the same program then passes the host stages
     ok = verify_many([tun], setup=setup_info, stop_after="static", overrides={"magic": 7})[0]
     assert ok.ok and ok.facts["load_plan"]["tunables"]["magic"] == 7, ok.report()
+
+
+def test_provenance_selects_the_rule_set(setup_info, tmp_path):
+    """The kernel's own scx_qmap (inline asm, bpf_printk) passes the static stage as ``upstream``; the same
+    constructs anywhere else, or the same file built with one header changed, get the strict policy."""
+    import shutil
+
+    from aios.sched_ext.verifier import verify_many
+
+    qmap = _example(setup_info, "scx_qmap")
+    # a byte-for-byte copy elsewhere, with the kernel's own header next to it: still the kernel's bytes
+    same = tmp_path / "same"
+    same.mkdir()
+    shutil.copy(qmap, same)
+    shutil.copy(qmap.with_name("scx_qmap.h"), same)
+    # the same source with a doctored scx_qmap.h beside it (the compiler reads it before the tree's)
+    doctored = tmp_path / "doctored"
+    doctored.mkdir()
+    shutil.copy(qmap, doctored)
+    (doctored / "scx_qmap.h").write_text(qmap.with_name("scx_qmap.h").read_text() + "/* changed */\n")
+    # one byte changed in the source itself
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    shutil.copy(qmap.with_name("scx_qmap.h"), edited)
+    (edited / "scx_qmap.bpf.c").write_text(qmap.read_text() + "\n")
+    # a model-written program (the enum probe) with one inline asm statement
+    asm = tmp_path / "asm_probe.bpf.c"
+    asm.write_text((PROBES / "enum_local.bpf.c").read_text().replace(
+        "char _license", 'static __attribute__((unused)) void touch(void) { asm volatile("" ::: "r0"); }\n'
+        "char _license", 1))
+    up, copy, doc, edit, model = verify_many([qmap, same / "scx_qmap.bpf.c", doctored / "scx_qmap.bpf.c",
+                                              edited / "scx_qmap.bpf.c", asm], setup=setup_info, stop_after="static")
+
+    for r in (up, copy):
+        assert r.ok, r.report()
+        prov = r.facts["provenance"]
+        assert prov["origin"] == "upstream" and prov["program"] == "scx_qmap.bpf.c", prov
+        assert prov["package"] == setup_info.scx_source
+        static = r.verdict("static")
+        assert "upstream program" in static.reason and "finding(s) allowed" in static.reason, r.report()
+        assert any("[inline-asm]" in d and d.startswith("allowed:") for d in static.details), static.details
+    assert up.facts["load_plan"]["tunables"]["max_tasks"] == 16384     # from scx_qmap.c, as its loader sets it
+
+    for r, why in ((doc, "header"), (edit, "not byte-for-byte"), (model, "not byte-for-byte")):
+        assert r.failed_stage == "static" and "inline assembly" in r.reason, r.report()
+        assert r.facts["provenance"]["origin"] == "submitted" and why in r.facts["provenance"]["reason"], r.facts
+    # printk is refused for submitted code too (object level: the helper call)
+    assert any("[debug-print]" in d and d.startswith("error:") for d in edit.verdict("static").details), edit.report()
+
+
+def test_a_modified_tree_is_not_upstream(setup_info, tmp_path):
+    """The manifest is the record of what the package held: a tree changed after extraction stops counting."""
+    import shutil
+
+    from aios.sched_ext.build import compile_bpf
+    from aios.sched_ext.provenance import provenance_of
+    from aios.sched_ext.setup.kernel_source import MANIFEST, read_manifest, write_manifest
+
+    tree = tmp_path / "sched_ext"
+    shutil.copytree(setup_info.scx_dir, tree)
+    (tree / MANIFEST).unlink(missing_ok=True)
+    write_manifest(tree)
+    info = setup_info.model_copy(update={"scx_dir": tree})
+    assert read_manifest(tree)["scx_simple.bpf.c"]
+    pristine = tmp_path / "scx_simple.bpf.c"
+    shutil.copy(tree / "scx_simple.bpf.c", pristine)
+    b = compile_bpf(pristine, setup=info)
+    assert b.ok and provenance_of(b, info).origin == "upstream"
+    (tree / "scx_simple.bpf.c").write_text((tree / "scx_simple.bpf.c").read_text() + "\n")
+    prov = provenance_of(b, info)
+    assert prov.origin == "submitted" and "no longer matches" in prov.reason, prov
 
 
 # ------------------------------------------------------------------ one boot
@@ -168,10 +237,10 @@ def test_host_side_refusals(setup_info, tmp_path):
 
 @pytest.fixture(scope="module")
 def upstream_verdicts(setup_info):
-    """One boot: three kernel examples and three probes through all four stages."""
+    """One boot: four kernel examples and three probes through all four stages."""
     from aios.sched_ext.verifier import verify_many
 
-    sources = [_example(setup_info, n) for n in ("scx_simple", "scx_central", "scx_flatcg")]
+    sources = [_example(setup_info, n) for n in ("scx_simple", "scx_central", "scx_flatcg", "scx_qmap")]
     sources += [PROBES / "enum_local.bpf.c", PROBES / "zero" / "enum_zero.bpf.c", PROBES / "error_exit.bpf.c"]
     # none of them stalls: a long watchdog keeps a heavily loaded host (TCG) from ejecting them
     return verify_many(sources, setup=setup_info, watchdog_ms=15000)
@@ -180,13 +249,16 @@ def upstream_verdicts(setup_info):
 @pytest.mark.vm
 @pytest.mark.slow
 def test_upstream_in_vm(setup_info, upstream_verdicts):
-    simple, central, flatcg, local, zero, err = upstream_verdicts
+    simple, central, flatcg, qmap, local, zero, err = upstream_verdicts
 
-    for r in (simple, central, flatcg):
+    for r in (simple, central, flatcg, qmap):
         assert r.ok, r.report()
         assert r.facts["smoke"]["spinners"] == 4, r.facts["smoke"]
         assert r.facts["load_plan"]["enums_set"] > 20, r.facts["load_plan"]
-    assert [r.ops_name for r in (simple, central, flatcg)] == ["simple", "central", "flatcg"]
+        assert r.facts["provenance"]["origin"] == "upstream", r.facts["provenance"]
+    assert [r.ops_name for r in (simple, central, flatcg, qmap)] == ["simple", "central", "flatcg", "qmap"]
+    # scx_qmap: the CPU-id ops (sched_ext_ops_cid) with its arena, loaded and enabled by the guest kernel
+    assert qmap.verdict("kernel_verifier").reason == "loaded (qmap_ops)", qmap.report()
     assert central.facts["load_plan"]["tunables"]["nr_cpu_ids"] == 2      # the VM's CPUs, as its loader would
     assert central.facts["load_plan"]["resized"] == {".data.cpu_gimme_task": 2, ".data.cpu_started_at": 16}
     assert flatcg.facts["load_plan"]["tunables"]["nr_cpus"] == 2
@@ -266,7 +338,7 @@ def test_upstream_entries_for_the_repository(setup_info, tmp_path):
 
     entries = load_upstream_entries(setup_info.scx_dir, {"scx_central": {"nr_cpu_ids": 2}})
     names = {e.name for e in entries}
-    assert {"scx_simple", "scx_central", "scx_flatcg"} <= names
+    assert {"scx_simple", "scx_central", "scx_flatcg", "scx_qmap"} <= names
     central = next(e for e in entries if e.name == "scx_central")
     assert central.origin == "upstream" and "upstream" in central.tags
     assert central.source == (setup_info.scx_dir / "scx_central.bpf.c").read_text()

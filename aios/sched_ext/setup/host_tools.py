@@ -25,7 +25,9 @@ def best_clang() -> str | None:
     tags, so objects with ``__kptr`` fields (upstream's scx_flatcg) are refused
     by the kernel ("R1 has no valid kptr"); it also drops BTF for externs
     named ``__x`` and spills scx_qmap past the 512-byte stack.  Bookworm ships
-    clang-19 as a package beside it.
+    clang-19 as a package beside it; clang 19 in turn miscompiles 7.2's scx_qmap
+    (an arena pointer reused without its ``addr_space_cast``: "R7 invalid mem
+    access 'scalar'"), which clang-22 (bookworm-security) compiles correctly.
     """
     found: list[tuple[int, str]] = []
     for d in os.environ.get("PATH", "").split(os.pathsep):
@@ -40,7 +42,7 @@ def host_tools() -> dict[str, str]:
     """Locate the host tools set-up and builds need, or raise ``SetupError``."""
     clang = best_clang()
     if clang is None:
-        raise SetupError("`clang` not found on PATH. Install it: sudo apt-get install clang-19 (or clang)")
+        raise SetupError("`clang` not found on PATH. Install it: sudo apt-get install clang-22 (or clang-19, clang)")
     return {
         "qemu": _which("qemu-system-x86_64", "sudo apt-get install qemu-system-x86"),
         "clang": clang,

@@ -13,10 +13,16 @@ Public API::
 
     source_package(kernel_release) -> "linux-source-7.2"
     fetch_sched_ext_tree(apt, kernel_release, kernel_version, dest, debs) -> str   # "pkg version"
+    read_manifest(tree) -> dict[str, str]        # relative path -> sha256 of every extracted file
+
+The manifest (``manifest.sha256``, ``sha256sum -c`` format) is written when the tree is extracted
+from the package, so ``provenance.py`` can tell later whether a program (and every header it used)
+is byte-for-byte the kernel's own and whether the tree was modified since.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
@@ -27,6 +33,8 @@ from .info import SetupError
 
 #: The marker file that says ``dest`` is a complete extraction (and of what).
 DONE_MARK = ".aios-source"
+#: sha256 of every file extracted from the package (``sha256sum`` format, paths relative to the tree).
+MANIFEST = "manifest.sha256"
 
 
 def source_package(kernel_release: str) -> str:
@@ -74,6 +82,7 @@ def fetch_sched_ext_tree(apt: PrivateApt, kernel_release: str, kernel_version: s
         if not found or not (found[0] / "include" / "scx" / "common.bpf.h").is_file():
             raise SetupError(f"{deb.name} holds no tools/sched_ext/include/scx/common.bpf.h")
         label = f"{pkg} {version}" + (f" (kernel {kernel_version})" if version != kernel_version else "")
+        write_manifest(found[0])
         (found[0] / DONE_MARK).write_text(label + "\n")
         if dest.exists():
             shutil.rmtree(dest)
@@ -103,3 +112,35 @@ def _stream_extract(deb: Path, out: Path) -> None:
         if proc.returncode != 0:
             tail = (err or b"").decode(errors="replace").strip().splitlines()[-3:]
             raise SetupError(f"{what} failed on {deb.name} (exit {proc.returncode}): " + " ".join(tail))
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_manifest(tree: Path, note: str = "") -> None:
+    """Record the sha256 of every file in ``tree`` (except the markers) as ``MANIFEST``."""
+    lines = [f"# {note}"] if note else []
+    for f in sorted(p for p in tree.rglob("*") if p.is_file() and p.name not in (MANIFEST, DONE_MARK)):
+        lines.append(f"{file_sha256(f)}  {f.relative_to(tree).as_posix()}")
+    tmp = tree / (MANIFEST + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(tree / MANIFEST)
+
+
+def read_manifest(tree: Path) -> dict[str, str]:
+    """Relative path -> sha256 of what was extracted into ``tree`` ({} when there is no complete tree).
+
+    A tree extracted before manifests existed gets one now, from its files as they are, and says so
+    in its first line: from then on any change to the tree is detected.
+    """
+    if not tree_is_complete(tree):
+        return {}
+    if not (tree / MANIFEST).is_file():
+        write_manifest(tree, "recorded from the extracted tree on first use (extracted before manifests existed)")
+    out = {}
+    for line in (tree / MANIFEST).read_text().splitlines():
+        sha, sep, rel = line.partition("  ")
+        if sep and not line.startswith("#"):
+            out[rel] = sha
+    return out
