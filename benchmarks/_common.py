@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 TOPICS = [
     "a robot who learns to paint", "a lighthouse keeper", "a dragon who is afraid of fire", "a lost cat in Paris",
@@ -23,6 +25,22 @@ TOPICS = [
 
 def story_messages(i: int) -> list[dict]:
     return [{"role": "user", "content": f"Tell me a long story about {TOPICS[i % len(TOPICS)]}."}]
+
+
+def load_bench_model(name: str, *, window: int = 512):
+    """(model, tokenizer). ``tiny``: the tests' random 2-layer Llama (built in a second, no download;
+    for checking a benchmark runs, its speed figures mean nothing); any other name goes to
+    ``aios.kernel.llm.load_model``. ``window``: the tiny model's context length."""
+    if name == "tiny":
+        if str(TESTS) not in sys.path:
+            sys.path.insert(0, str(TESTS))
+        from conftest import build_tiny_model, build_tiny_tokenizer
+
+        tok = build_tiny_tokenizer()
+        return build_tiny_model(tok, window=window), tok
+    from aios.kernel.llm import load_model
+
+    return load_model(name)
 
 
 def machine_info(threads: int) -> dict:

@@ -48,7 +48,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _common import load_bench_model, pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from bench_aios_eval import md_table  # noqa: E402
 
 import aios  # noqa: E402
@@ -118,16 +118,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         t0 = time.perf_counter()
-        if args.model == "tiny":
-            sys.path.insert(0, str(ROOT / "tests"))
-            from conftest import build_tiny_model, build_tiny_tokenizer
-
-            self.tok = build_tiny_tokenizer()
-            self.model = build_tiny_model(self.tok, window=4096)
-        else:
-            from aios.kernel.llm import load_model
-
-            self.model, self.tok = load_model(args.model)
+        self.model, self.tok = load_bench_model(args.model, window=4096)
         self.load_s = time.perf_counter() - t0
         self.root = Path(tempfile.mkdtemp(prefix="aios-agents-"))
         self._n = 0

@@ -7,6 +7,9 @@
 - ``make_engine(**overrides)``: a new ``LLMEngine`` on the tiny model (config fields as keywords).
 - ``tiny_kernel``: a ``Kernel`` whose LLM core is an ``LLMEngine`` on the tiny model; shut down after
   the test. Other managers' tests reuse it.
+- ``kernel``: a ``Kernel`` without a model (built lazily if a test chats) and with the hashing
+  embedder, for the managers' plumbing tests; shut down after the test. A test module that needs
+  other settings defines its own ``kernel`` fixture, which takes precedence.
 """
 
 from __future__ import annotations
@@ -126,3 +129,12 @@ def tiny_kernel(tiny_lm, tmp_path):
     kernel = Kernel(cfg, llm=LLMEngine(model, tok, cfg))
     yield kernel
     kernel.shutdown()
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    from _mgr_util import make_kernel
+
+    k = make_kernel(tmp_path)
+    yield k
+    k.shutdown()

@@ -17,13 +17,6 @@ from aios.kernel.syscall import SyscallFailed
 SECRET = "SECRET-7f3a"
 
 
-@pytest.fixture
-def kernel(tmp_path):
-    k = make_kernel(tmp_path)
-    yield k
-    k.shutdown()
-
-
 def test_grants_revokes_and_audit(kernel):
     root = admin(kernel)
     with aios.agent_context(kernel, "alice"):

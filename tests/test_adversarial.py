@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from _mgr_util import make_kernel
+from _util import wait_until
 
 import aios
 from aios.kernel.identity import AuthenticationFailed, Credential, CredentialRejected
@@ -552,21 +553,12 @@ def test_storage_and_queue_floods(world):
     mallory = k.credential_for("mallory", by=k.owner)
     for _ in range(tm.queue.per_agent + 5):
         calls.append(k.submit(ToolSyscall(request={"op": "call", "name": "slow_flood"}), mallory))
-    assert _until(lambda: sum(c.finished for c in calls) >= 4)  # the ones past the per-agent limit
+    assert wait_until(lambda: sum(c.finished for c in calls) >= 4, 60)  # the ones past the per-agent limit
     refused = [c for c in calls if c.finished and c.error and c.error.type == "ToolBusy"]
     gate.set()
     for c in calls:
         c.wait(60) if not (c.error and c.error.type == "ToolBusy") else None
     record("tool-queue-flood", world.harmed() + ([] if refused and tm.queue.refused > refused_before else ["no per-agent limit"]))
-
-
-def _until(cond, timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,7 +578,7 @@ def test_queued_python_calls_do_not_starve_others(world):
     py("print(1)", victim).wait(60)
     alone = time.monotonic() - t0
     hostile = [py("import time; time.sleep(0.5)", hog) for _ in range(9)]
-    assert _until(lambda: tm.queue.waiting("tool:python", agent="hog") >= 9 - slots)
+    assert wait_until(lambda: tm.queue.waiting("tool:python", agent="hog") >= 9 - slots, 60)
     # the pool is not held by the queued calls: a memory syscall goes through at once
     mem = k.submit(MemorySyscall(request={"op": "usage"}), victim)
     mem.wait(60)
@@ -624,9 +616,9 @@ def test_slow_tool_without_limits_does_not_take_the_pool(world):
     n = k.config.workers + 4
     hostile = [k.submit(ToolSyscall(request={"op": "call", "name": "slow_fetch", "arguments": {"url": f"u{i}"}}), hog)
                for i in range(n)]  # fmt: skip
-    assert _until(lambda: tm.queue.running("agent:hog2") == tm.queue.per_agent_running)
+    assert wait_until(lambda: tm.queue.running("agent:hog2") == tm.queue.per_agent_running, 60)
     mine = k.submit(ToolSyscall(request={"op": "call", "name": "slow_fetch", "arguments": {"url": "v"}}), victim)
-    gate_for_victim = _until(lambda: mine.scheduled_at is not None and tm.queue.running("agent:victim") == 1)
+    gate_for_victim = wait_until(lambda: mine.scheduled_at is not None and tm.queue.running("agent:victim") == 1, 60)
     usage = k.submit(MemorySyscall(request={"op": "usage"}), victim).wait(60)
     pending = sum(not h.finished for h in hostile)
     running = tm.queue.running("agent:hog2")

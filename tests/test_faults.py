@@ -20,10 +20,10 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 
 import pytest
 import torch
+from _util import wait_until
 
 import aios
 from aios.kernel.syscall import LLMRequest, LLMSyscall, SyscallStatus
@@ -256,13 +256,3 @@ def test_agent_dying_with_syscalls_in_flight(tiny_kernel, clean):
     assert wait_until(lambda: not eng.has_work())  # the engine thread stepped past them
     assert_clean_engine(eng)
     assert eng.stats()["failed"] == 3 and eng.stats()["completed"] == 1
-
-
-def wait_until(cond, timeout: float = 120.0) -> bool:
-    """Poll ``cond``; the timeout is a hang guard, far above the expected milliseconds."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True

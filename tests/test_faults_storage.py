@@ -17,11 +17,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from _mgr_util import make_kernel
+from _util import free_port, wait_until
 
 import aios
 from aios.kernel.syscall import SyscallFailed, SyscallStatus
@@ -37,16 +37,6 @@ LOCKER = textwrap.dedent(
     print("released", flush=True)
     """
 )
-
-
-def wait_until(cond, timeout: float = 120.0) -> bool:
-    """Poll ``cond``; the timeout is a hang guard far above the expected milliseconds."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def lock_db(path: Path) -> subprocess.Popen:
@@ -99,12 +89,6 @@ def test_sqlite_locked_by_another_process(tmp_path):
         k.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chroma(path: Path, port: int) -> subprocess.Popen:
     exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     if not Path(exe).exists():
@@ -127,7 +111,7 @@ def _chroma(path: Path, port: int) -> subprocess.Popen:
 
 
 def test_chroma_server_killed_and_restarted_mid_run(tmp_path):
-    port = _free_port()
+    port = free_port()
     server = _chroma(tmp_path / "srv", port)
     k = make_kernel(tmp_path, storage_url=f"http://127.0.0.1:{port}")
     try:

@@ -18,13 +18,6 @@ from aios.kernel.memory import MemorySyscall
 from aios.kernel.syscall import LLMRequest, LLMSyscall, SyscallFailed, SyscallRejected
 
 
-@pytest.fixture
-def kernel(tmp_path):
-    k = make_kernel(tmp_path)
-    yield k
-    k.shutdown()
-
-
 def _audit_denied(kernel, action="authenticate"):
     return [r for r in kernel.modules["access"].audit_log(limit=100_000) if r["action"] == action and r["outcome"] == "denied"]
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import pytest
+from _util import free_port
 
 pytest.importorskip("mcp")
 
@@ -144,15 +145,9 @@ def test_stdio_repository_bad_input_and_host_side_rejections(tmp_path):
     anyio.run(session)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_streamable_http_on_loopback(tmp_path):
     """The same server over streamable HTTP: a client connects by URL, lists, searches, reads."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, *_server_args(tmp_path), "--transport", "http", "--port", str(port)],

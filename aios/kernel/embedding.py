@@ -21,8 +21,9 @@ import hashlib
 import math
 import re
 import threading
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from aios.kernel.group_commit import GroupCommit
 
 
 @runtime_checkable
@@ -50,10 +51,12 @@ class MiniLMEmbedder:
         # One encode at a time (SentenceTransformer.encode is not documented as thread-safe), but
         # callers that arrive while it runs are batched into the next one: on a CPU, one batch of
         # 32 sentences costs a fraction of 32 single calls, so concurrent agents share the cost.
-        self._cv = threading.Condition()
-        self._pending: list[_Request] = []
-        self._busy = False
-        self.batches = 0
+        self._encodes = GroupCommit(self._encode)
+
+    @property
+    def batches(self) -> int:
+        """Encoder calls so far (each served every caller queued when it started)."""
+        return self._encodes.batches
 
     @property
     def dim(self) -> int:
@@ -74,53 +77,25 @@ class MiniLMEmbedder:
     def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        model = self._get_model()
-        me = _Request(list(texts))
-        with self._cv:
-            self._pending.append(me)
-            while not me.done and self._busy:
-                self._cv.wait()
-            if me.done:
-                return me.result()
-            self._busy = True  # this caller encodes everything queued so far, itself included
-            batch, self._pending = self._pending, []
-        try:
-            flat = [t for r in batch for t in r.texts]
-            vecs = model.encode(
-                flat,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            rows = [[float(x) for x in v] for v in vecs]
-            i = 0
-            for r in batch:
-                r.vectors, i = rows[i : i + len(r.texts)], i + len(r.texts)
-        except BaseException as exc:  # every caller in the batch gets the error, none hangs
-            for r in batch:
-                r.error = exc
-        finally:
-            with self._cv:
-                for r in batch:
-                    r.done = True
-                self._busy = False
-                self.batches += 1
-                self._cv.notify_all()
-        return me.result()
+        self._get_model()  # a load failure is this caller's alone, not its batch's
+        return self._encodes.submit(list(texts))
 
-
-@dataclass
-class _Request:
-    texts: list[str]
-    vectors: list[list[float]] | None = None
-    error: BaseException | None = None
-    done: bool = False
-
-    def result(self) -> list[list[float]]:
-        if self.error is not None:
-            raise self.error
-        return self.vectors
+    def _encode(self, batch: list[list[str]]) -> list[list[list[float]]]:
+        """One encoder call for every caller's texts; each caller's vectors back in its own list."""
+        flat = [t for texts in batch for t in texts]
+        vecs = self._get_model().encode(
+            flat,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        rows = [[float(x) for x in v] for v in vecs]
+        out, i = [], 0
+        for texts in batch:
+            out.append(rows[i : i + len(texts)])
+            i += len(texts)
+        return out
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

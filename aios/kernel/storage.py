@@ -30,7 +30,6 @@ import logging
 import shutil
 import sqlite3
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 from aios.kernel.access import Resource
 from aios.kernel.embedding import Embedder, make_embedder
+from aios.kernel.group_commit import GroupCommit
 from aios.kernel.storage_files import FileStore
 from aios.kernel.storage_index import VectorIndex
 from aios.kernel.storage_quota import QuotaExceeded as QuotaExceeded  # re-exported for callers
@@ -71,7 +71,7 @@ log = logging.getLogger("aios.storage")
 
 @dataclass
 class _Write:
-    """One queued put: in by the caller, out (``item`` or ``error``) from the batch writer."""
+    """One put, as queued for the group commit (``row``: the row it wrote, once committed)."""
 
     agent: str
     key: str
@@ -79,14 +79,6 @@ class _Write:
     metadata: str
     vec: list[float]
     row: Any = None
-    item: dict[str, Any] | None = None
-    error: BaseException | None = None
-    done: bool = False
-
-    def result(self) -> dict[str, Any]:
-        if self.error is not None:
-            raise self.error
-        return self.item
 
 
 def _item(r: sqlite3.Row) -> dict[str, Any]:
@@ -124,9 +116,7 @@ class StorageManager:
         self.index = VectorIndex(
             self.db, embedder or make_embedder("minilm"), path=self.data_dir / "chroma", url=url
         )
-        self._wcv = threading.Condition()  # group commit of puts (see ``put``)
-        self._wqueue: list[_Write] = []
-        self._writing = False
+        self._commits = GroupCommit(self._write_batch)  # puts (see ``put``)
         self.quota = StorageQuota(self.db.usage, max_bytes=quota_bytes, max_objects=quota_objects)
         # The parts' operations this manager offers as its own (one implementation each, there).
         self.agent_dir = self.files.agent_dir
@@ -155,38 +145,18 @@ class StorageManager:
         """Insert or replace ``key``; returns once SQLite has it on disk and the index has it (or,
         when the index does not answer, is marked stale: see the module docstring on faults).
 
-        Group commit: puts that arrive while another batch is being written wait and are then
-        written together, in one transaction (one fsync) and one index upsert. Each caller is
-        acknowledged only after its batch is durable and indexed; a failed batch fails all of
-        its callers and writes none of them.
+        Group commit (``aios.kernel.group_commit``): puts that arrive while another batch is being
+        written wait and are then written together, in one transaction (one fsync) and one index
+        upsert. Each caller is acknowledged only after its batch is durable and indexed; a failed
+        batch fails all of its callers and writes none of them.
         """
         if len(content.encode()) > MAX_CONTENT:
             raise StorageError(f"item is larger than {MAX_CONTENT} bytes")
-        col = self.index.open_if_up()
         vec = self.embedder.embed([content])[0]  # before the transaction: a failure writes nothing
-        me = _Write(agent, key, content, json.dumps(metadata or {}), vec)
-        with self._wcv:
-            self._wqueue.append(me)
-            while not me.done and self._writing:
-                self._wcv.wait()
-            if me.done:
-                return me.result()
-            self._writing = True  # this caller writes everything queued so far, itself included
-            batch, self._wqueue = self._wqueue, []
-        try:
-            self._write_batch(col, batch)
-        except BaseException as exc:
-            for w in batch:
-                w.error = exc
-        finally:
-            with self._wcv:
-                for w in batch:
-                    w.done = True
-                self._writing = False
-                self._wcv.notify_all()
-        return me.result()
+        return self._commits.submit(_Write(agent, key, content, json.dumps(metadata or {}), vec))
 
-    def _write_batch(self, col: Any, batch: list[_Write]) -> None:
+    def _write_batch(self, batch: list[_Write]) -> list[dict[str, Any]]:
+        col = self.index.open_if_up()
         now = time.time()
         with self.db.lock:  # SQLite commit and index upsert in one hold: the index sees commit order
             with self.db.tx() as db:
@@ -216,8 +186,7 @@ class StorageManager:
                 if not self.index.stale:
                     log.warning("index upsert failed (%s); reconciled when the index is back", exc)
                 self.index.stale = True
-        for w in batch:
-            w.item = _item(w.row)
+        return [_item(w.row) for w in batch]
 
     def get(self, agent: str, key: str) -> dict[str, Any]:
         rows = self.db.query("SELECT * FROM items WHERE agent = ? AND key = ?", (agent, key))
