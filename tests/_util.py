@@ -3,6 +3,7 @@
 - ``wait_until``: poll a condition; the timeout is a hang guard far above the expected wait, never
   a measurement (tests assert on what happened, not on how long it took).
 - ``free_port``: a loopback TCP port nothing listens on now, for a server a test starts.
+- ``make_tiny_kernel``: a ``Kernel`` whose LLM core is an ``LLMEngine`` on conftest's ``tiny_lm``.
 """
 
 from __future__ import annotations
@@ -25,3 +26,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_tiny_kernel(tiny_lm, data_dir, *, context_window: int | None = None, **config):
+    """A kernel on the tiny random model (rr, quantum 4, 8 rows unless ``config`` says otherwise);
+    the caller shuts it down."""
+    from aios.kernel.engine import LLMEngine
+    from aios.kernel.kernel import Kernel, KernelConfig
+
+    model, tok = tiny_lm
+    cfg = KernelConfig(**{"model": "tiny", "scheduler": "rr", "quantum": 4, "max_batch_size": 8,
+                          "data_dir": data_dir, **config})  # fmt: skip
+    return Kernel(cfg, llm=LLMEngine(model, tok, cfg, context_window=context_window))

@@ -121,12 +121,9 @@ def make_engine(tiny_lm):
 
 @pytest.fixture
 def tiny_kernel(tiny_lm, tmp_path):
-    from aios.kernel.engine import LLMEngine
-    from aios.kernel.kernel import Kernel, KernelConfig
+    from _util import make_tiny_kernel
 
-    model, tok = tiny_lm
-    cfg = KernelConfig(model="tiny", scheduler="rr", quantum=4, max_batch_size=8, data_dir=tmp_path / "data")
-    kernel = Kernel(cfg, llm=LLMEngine(model, tok, cfg))
+    kernel = make_tiny_kernel(tiny_lm, tmp_path / "data")
     yield kernel
     kernel.shutdown()
 

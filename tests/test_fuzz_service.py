@@ -14,6 +14,7 @@ import json
 
 import httpx
 import pytest
+from _util import make_tiny_kernel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz_syscalls import KINDS, any_json, mutated, syscall_classes
@@ -23,16 +24,10 @@ OK = {200, 400, 401, 403, 404, 408, 413, 422, 503}
 
 @pytest.fixture(scope="module")
 def service(tiny_lm, tmp_path_factory):
-    from aios.kernel.engine import LLMEngine
-    from aios.kernel.kernel import Kernel, KernelConfig
     from aios.service.app import Service
 
-    model, tok = tiny_lm
-    cfg = KernelConfig(
-        model="tiny", scheduler="rr", quantum=4, max_batch_size=8, embedder="hash",
-        data_dir=tmp_path_factory.mktemp("svcfuzz") / "data",
-    )  # fmt: skip
-    kernel = Kernel(cfg, llm=LLMEngine(model, tok, cfg, context_window=256))
+    kernel = make_tiny_kernel(tiny_lm, tmp_path_factory.mktemp("svcfuzz") / "data", embedder="hash",
+                              context_window=256)  # fmt: skip
     token = kernel.identities.add("fuzzer")
     yield kernel, Service(kernel).app(), token
     kernel.shutdown()

@@ -20,6 +20,7 @@ import types
 import typing
 
 import pytest
+from _util import make_tiny_kernel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -195,15 +196,8 @@ def syscall_classes(kernel) -> dict[str, type[Syscall]]:
 
 @pytest.fixture(scope="module")
 def fuzz_kernel(tiny_lm, tmp_path_factory):
-    from aios.kernel.engine import LLMEngine
-    from aios.kernel.kernel import Kernel, KernelConfig
-
-    model, tok = tiny_lm
-    cfg = KernelConfig(
-        model="tiny", scheduler="rr", quantum=4, max_batch_size=8, embedder="hash",
-        data_dir=tmp_path_factory.mktemp("fuzz") / "data",
-    )  # fmt: skip
-    kernel = Kernel(cfg, llm=LLMEngine(model, tok, cfg, context_window=256))
+    kernel = make_tiny_kernel(tiny_lm, tmp_path_factory.mktemp("fuzz") / "data", embedder="hash",
+                              context_window=256)  # fmt: skip
     yield kernel
     kernel.shutdown()
 

@@ -6,9 +6,11 @@ timing; the starvation bound is checked on the scheduler with explicit clock val
 
 from __future__ import annotations
 
+from _scheduler_util import first_served_at
+
 import aios
 from aios.kernel.scheduler import LeastAttainedService, Scheduler
-from aios.kernel.sequence import SeqStatus, Sequence
+from aios.kernel.sequence import Sequence
 from aios.kernel.syscall import LLMRequest, LLMSyscall
 
 
@@ -93,20 +95,8 @@ def test_las_max_wait_bounds_starvation():
     sched = Scheduler(pol, max_rows=1, max_tokens=1000)
     hog = _seq("hog", 0.0)
     sched.add(hog, now=0.0)
-    served_at = None
-    for i in range(40):  # a fresh agent arrives every second and would always rank better
-        t = float(i)
-        sched.add(_seq(f"new{i}", t), now=t)
-        plan = sched.schedule(t)
-        for s in plan.suspend:
-            s.status = SeqStatus.SUSPENDED
-        for s in plan.admit + plan.resume:
-            s.status = SeqStatus.RUNNING
-        running = sched.running[0]
-        if running is hog:
-            served_at = t
-            break
-        sched.finished(running)
+    # a fresh agent arrives every second and would always rank better
+    served_at = first_served_at(sched, hog, lambda t: _seq(f"new{int(t)}", t))
     assert served_at is not None and 10.0 <= served_at <= 11.0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from _scheduler_util import first_served_at
+
 from aios.kernel.scheduler import SJF, LengthPredictor, Priority, RoundRobin, Scheduler
-from aios.kernel.sequence import SeqStatus, Sequence
+from aios.kernel.sequence import Sequence
 from aios.kernel.syscall import LLMRequest, LLMSyscall
 
 
@@ -88,23 +90,8 @@ def test_priority_aging_prevents_starvation():
     sched = Scheduler(pol, max_rows=1, max_tokens=1000)
     old = _seq("old", 0.0, priority=10)
     sched.add(old, now=0.0)
-    t = 0.0
-    served_old_at = None
     # a stream of fresh high-priority requests arrives every second; each runs one step
-    for i in range(40):
-        t = float(i)
-        fresh = _seq(f"hi{i}", t, priority=0)
-        sched.add(fresh, now=t)
-        plan = sched.schedule(t)
-        for s in plan.suspend:
-            s.status = SeqStatus.SUSPENDED
-        for s in plan.admit + plan.resume:
-            s.status = SeqStatus.RUNNING
-        running = sched.running[0]
-        if running is old:
-            served_old_at = t
-            break
-        sched.finished(running)
+    served_old_at = first_served_at(sched, old, lambda t: _seq(f"hi{int(t)}", t, priority=0))
     assert served_old_at is not None and served_old_at <= 12.0
 
 

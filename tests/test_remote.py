@@ -321,17 +321,16 @@ def transformers_serve():
             proc.kill()
 
 
-@pytest.mark.slow
-def test_transformers_serve_round_robin_matches_fifo(transformers_serve):
+def assert_round_robin_matches_fifo(model: str, mode: str | None = None, **ask) -> None:
+    """RR with quantum 3 on 2 rows suspends and continues the requests on the server; the greedy
+    continuation of prompt + partial text gives FIFO's text exactly (see docs/remote.md)."""
     questions = ["What is the capital of France?", "Name three colors.", "Say hello in Spanish."]
 
     def run(scheduler: str, quantum: int, batch: int) -> list[aios.LLMResponse]:
-        k = Kernel(
-            KernelConfig(model=transformers_serve, scheduler=scheduler, quantum=quantum, max_batch_size=batch)
-        )
+        k = Kernel(KernelConfig(model=model, scheduler=scheduler, quantum=quantum, max_batch_size=batch))
         try:
-            assert isinstance(k.llm, RemoteLLMCore) and k.llm.mode == "completions"
-            return ask_all(k, questions, max_new_tokens=10)
+            assert isinstance(k.llm, RemoteLLMCore) and (mode is None or k.llm.mode == mode)
+            return ask_all(k, questions, **ask)
         finally:
             k.shutdown()
 
@@ -339,9 +338,13 @@ def test_transformers_serve_round_robin_matches_fifo(transformers_serve):
     got = run("rr", 3, 2)
     assert all(r.text.strip() for r in ref), [r.text for r in ref]
     assert sum(r.preemptions for r in got) > 0
-    # greedy continuation of prompt + partial text: identical text (see docs/remote.md)
     assert [r.text for r in got] == [r.text for r in ref]
     assert "Paris" in ref[0].text
+
+
+@pytest.mark.slow
+def test_transformers_serve_round_robin_matches_fifo(transformers_serve):
+    assert_round_robin_matches_fifo(transformers_serve, "completions", max_new_tokens=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,18 +458,4 @@ def test_vllm_priorities_reach_its_scheduler(vllm_server):
 @pytest.mark.timeout(1800)  # the first use may create the side virtualenv (minutes)
 def test_vllm_round_robin_matches_fifo(vllm_server):
     """RR with quantum 3 on 2 rows suspends and continues requests on vLLM: the same greedy text."""
-    questions = ["What is the capital of France?", "Name three colors.", "Say hello in Spanish."]
-
-    def run(scheduler: str, quantum: int, batch: int) -> list[aios.LLMResponse]:
-        k = Kernel(KernelConfig(model=vllm_server, scheduler=scheduler, quantum=quantum, max_batch_size=batch))
-        try:
-            return ask_all(k, questions, max_new_tokens=12, priority=1)  # sent along; vLLM accepts it
-        finally:
-            k.shutdown()
-
-    ref = run("fifo", 8, 1)
-    got = run("rr", 3, 2)
-    assert all(r.text.strip() for r in ref), [r.text for r in ref]
-    assert sum(r.preemptions for r in got) > 0
-    assert [r.text for r in got] == [r.text for r in ref]
-    assert "Paris" in ref[0].text
+    assert_round_robin_matches_fifo(vllm_server, max_new_tokens=12, priority=1)  # priority: vLLM accepts it

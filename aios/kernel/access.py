@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from aios.kernel.identity import GROUPS, Group, IdentityRegistry
-from aios.kernel.syscall import LLMSyscall, Syscall
+from aios.kernel.syscall import LLMSyscall, Request, Syscall
 
 Operation = Literal["read", "write", "execute"]
 ResourceKind = Literal["memory", "storage", "file", "log", "tool"]
@@ -60,11 +60,10 @@ class Resource:
 # ---------------------------------------------------------------------------------------------
 
 
-class _ResourceOp(BaseModel):
+class _ResourceOp(Request):
     """A resource ``kind:owner/name`` and an operation. ``owner``: the caller when omitted (for
     tools, the tool's owner is looked up); ``name``: ``*`` for a whole namespace."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: ResourceKind
     owner: str | None = Field(None, min_length=1, max_length=128)
     name: str = Field("*", min_length=1, max_length=1024)
@@ -88,25 +87,21 @@ class Check(_ResourceOp):
     grantee: str | None = Field(None, min_length=1, max_length=128)
 
 
-class ListGrants(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ListGrants(Request):
     op: Literal["grants"] = "grants"
 
 
-class SetGroup(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SetGroup(Request):
     op: Literal["set_group"] = "set_group"
     grantee: str = Field(min_length=1, max_length=128, description="the agent")
     group: Group
 
 
-class WhoAmI(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class WhoAmI(Request):
     op: Literal["whoami"] = "whoami"
 
 
-class AuditQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AuditQuery(Request):
     op: Literal["audit"] = "audit"
     agent: str | None = Field(None, max_length=128)
     outcome: Literal["allowed", "denied", "failed"] | None = None

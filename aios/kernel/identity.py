@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from aios.kernel.syscall import Syscall, SyscallRejected
+from aios.kernel.syscall import Request, Syscall, SyscallRejected
 
 Group = Literal["admin", "user", "guest"]
 GROUPS: tuple[str, ...] = ("admin", "user", "guest")
@@ -109,8 +109,7 @@ def hash_token(token: str) -> str:
 
 
 # -- agent-management syscalls (admins only) ---------------------------------------------------------
-class AddAgent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AddAgent(Request):
     op: Literal["add"] = "add"
     name: str = Field(min_length=1, max_length=128)
     group: Group = "user"
@@ -118,13 +117,11 @@ class AddAgent(BaseModel):
     ttl_s: float | None = Field(None, gt=0, description="the token expires this many seconds from now")
 
 
-class ListAgents(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ListAgents(Request):
     op: Literal["list"] = "list"
 
 
-class RevokeAgent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RevokeAgent(Request):
     op: Literal["revoke"] = "revoke"
     name: str = Field(min_length=1, max_length=128)
 

@@ -29,12 +29,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from aios.kernel.access import Resource
 from aios.kernel.embedding import cosine
 from aios.kernel.storage import MetaValue, StorageManager
-from aios.kernel.syscall import Syscall
+from aios.kernel.syscall import Request, Syscall
 
 
 class MemoryManagerError(Exception):
@@ -53,10 +53,9 @@ class MemoryNotFound(MemoryManagerError):
 # Syscall
 # ---------------------------------------------------------------------------------------------
 
-class _MemoryOp(BaseModel):
+class _MemoryOp(Request):
     """Fields every memory request has. ``owner`` is the namespace (the caller's own when omitted)."""
 
-    model_config = ConfigDict(extra="forbid")
     owner: str | None = Field(None, min_length=1, max_length=128)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from aios.kernel.syscall import Syscall
+from aios.kernel.syscall import Request, Syscall
 
 MAX_CONTENT = 1 << 20  # 1 MiB per item or file: larger things do not belong in an agent's context
 MetaValue = str | int | float | bool
@@ -43,10 +43,9 @@ class IndexUnavailable(StorageError):
     error_type = "IndexUnavailable"
 
 
-class _StorageOp(BaseModel):
+class _StorageOp(Request):
     """Fields every storage request has. ``owner`` is the namespace (the caller's own when omitted)."""
 
-    model_config = ConfigDict(extra="forbid")
     owner: str | None = Field(None, min_length=1, max_length=128)
 
 

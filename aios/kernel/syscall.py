@@ -62,6 +62,13 @@ class Deferred:
 DEFERRED = Deferred()
 
 
+class Request(BaseModel):
+    """Base of every syscall's request: unknown fields are refused (a misspelt option is an error the
+    caller sees, not an option silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Syscall(BaseModel):
     """Base of every syscall. Subclasses add a typed ``request`` field and set ``kind``."""
 
@@ -257,7 +264,7 @@ class Message(BaseModel):
     tool_call_id: str | None = None
 
 
-class LLMRequest(BaseModel):
+class LLMRequest(Request):
     """What an agent asks the LLM core for.
 
     ``priority``: lower values are served first (as with vLLM and Unix nice); default 0.
@@ -267,8 +274,6 @@ class LLMRequest(BaseModel):
     ``task_id``: the task this call belongs to; program-level scheduling (``las``) ranks a call by
     what all calls of the same agent and task consumed so far. The SDK fills in the agent's run.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     messages: list[Message] = Field(min_length=1)
     max_new_tokens: int = Field(128, ge=1, le=32768)

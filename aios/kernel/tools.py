@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from aios.kernel.access import Resource
 from aios.kernel.calculator import Calculator
 from aios.kernel.sandbox import SandboxLimits, run_sandboxed
-from aios.kernel.syscall import DEFERRED, Syscall
+from aios.kernel.syscall import DEFERRED, Request, Syscall
 from aios.kernel.tool_queue import ToolBusy as ToolBusy  # re-exported: callers catch it from here
 from aios.kernel.tool_queue import ToolQueue
 
@@ -67,18 +67,14 @@ class ToolTimeout(ToolError):
 # ---------------------------------------------------------------------------------------------
 
 
-class CallTool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CallTool(Request):
     op: Literal["call"] = "call"
     name: str = Field(min_length=1, max_length=128)
     arguments: dict[str, Any] = Field(default_factory=dict)
     timeout: float | None = Field(None, gt=0, le=3600, description="at most the tool's own timeout")
 
 
-class ListTools(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ListTools(Request):
     op: Literal["list"] = "list"
 
 

@@ -240,19 +240,25 @@ class AgentSpec:
     group: str | None = None  # None: as registered with the kernel (``user`` for a new agent)
     exits: list[Callable[[], None]] = field(default_factory=list)
 
+    def call(self) -> tuple[Any, str | None]:
+        """(output, error): the agent's function on its task, an exception turned into the error text
+        (never raised), then the exit hooks, whatever happened. Run inside the agent's context."""
+        try:
+            return self.fn(self.task), None
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        finally:
+            for hook in self.exits:
+                hook()
+
 
 def run_agent(kernel: Kernel, spec: AgentSpec) -> AgentRun:
     """Run one agent in the calling thread; an exception becomes the run's error, never the kernel's."""
     started = time.time()
-    output, error = None, None
     with agent_context(kernel, spec.name, spec.group):
         try:
-            output = spec.fn(spec.task)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+            output, error = spec.call()
         finally:
-            for hook in spec.exits:
-                hook()
             # like a process's exit: whatever it left in flight is cancelled and its rows freed
             kernel.cancel_agent(spec.name, since=started, reason=f"agent {spec.name} exited")
     finished = time.time()

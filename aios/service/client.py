@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -185,15 +184,8 @@ class Connection:
         """
         spec: AgentSpec = agent if isinstance(agent, AgentSpec) else agent.spec(task)
         started = time.time()
-        output, error = None, None
         with self.acting(RemoteContext(self)):  # a run of its own: its calls share one task_id
-            try:
-                output = spec.fn(spec.task)
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-            finally:
-                for hook in spec.exits:
-                    hook()
+            output, error = spec.call()
         finished = time.time()
         made = [s for s in self.history() if s.created_at >= started]  # loopback: one clock
         return AgentRun(agent=self.agent, task=spec.task, output=output, error=error, started_at=started,
