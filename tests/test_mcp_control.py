@@ -28,6 +28,11 @@ class HostDouble(FakeBackend):
         super().__init__(repo_dir, **kw)
         self.handles: list[dict[str, Any]] = []
         self.trials: list[tuple[Path, float, str | None]] = []
+        self.include_dirs: list[tuple[str, ...]] = []
+
+    def verify(self, path: Path, stages: str, include_dirs: tuple[str, ...] = ()) -> Any:
+        self.include_dirs.append(include_dirs)
+        return super().verify(path, stages)
 
     def stress(self, obj: Path, seconds: float, stressors: str | None = None) -> Any:
         self.trials.append((obj, seconds, stressors))
@@ -43,10 +48,12 @@ class HostDouble(FakeBackend):
         handle["closed"] = True
 
 
-def _plane(tmp_path: Path, host_mode: bool = False, **kw: Any) -> tuple[ControlPlane, HostDouble]:
+def _plane(
+    tmp_path: Path, host_mode: bool = False, include_roots: tuple[Path, ...] = (), **kw: Any
+) -> tuple[ControlPlane, HostDouble]:
     backend = HostDouble(tmp_path / "repo", **kw)
     box = SchedToolbox(backend=backend, workdir=tmp_path / "work")
-    return ControlPlane(box=box, host_mode=host_mode), backend
+    return ControlPlane(box=box, host_mode=host_mode, include_roots=include_roots), backend
 
 
 def _safe(plane: ControlPlane) -> None:
@@ -166,3 +173,64 @@ def test_host_mode_is_refused_on_a_non_loopback_http_server(tmp_path, capsys):
     rc = main(["mcp", "--transport", "http", "--bind", "0.0.0.0", "--host-mode", "--workdir", str(tmp_path)])
     assert rc == 2 and "--host-mode is refused with --bind 0.0.0.0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was set up
+
+
+def test_measure_records_every_result_in_the_repository(tmp_path):
+    """A repository scheduler's result goes under its name; a submitted program gets an ``mcp`` entry of
+    its own (and a second measurement adds a second result to it, not a second entry)."""
+    plane, backend = _plane(tmp_path, gain=lambda src: 0.3 if "aios_fifo" in src else 0.1)
+    repo = backend.repo
+    fifo = (SCHED_DIR / "fifo.bpf.c").read_text()
+    new = fifo.replace('.name = "aios_fifo"', '.name = "mine"').replace("aios_fifo", "mine")
+    assert new != fifo and digest(new) not in {e.source_sha for e in repo.list()}
+    entries = len(repo)
+    plane.submit(fifo)
+    mine = plane.submit(new)["digest"]
+    out = plane.measure(["fifo", mine], "batch", 2)
+    rec = {r["program"]: r["recorded"] for r in out["results"]}
+    assert rec["fifo"]["name"] == "fifo"
+    assert rec[mine]["name"] == f"mcp_mine_{mine[:8]}"
+    assert len(repo) == entries + 1
+    entry = repo.get(rec[mine]["name"])
+    assert entry.origin == "mcp" and entry.source == new and entry.source_sha == mine
+    (fifo_res,) = repo.results(scheduler="fifo")
+    (mine_res,) = repo.results(scheduler=rec[mine]["name"])
+    assert fifo_res.workload == "batch" and fifo_res.improvement == pytest.approx(1.3) and fifo_res.reps == 2
+    assert mine_res.improvement == pytest.approx(1.1)
+    # the repository's own copy of a program, named by its digest, is recorded under the repository name
+    again = plane.measure([digest(fifo)], "batch", 1)["results"][0]["recorded"]
+    assert again["name"] == "fifo" and len(repo.results(scheduler="fifo")) == 2
+    plane.measure([mine], "schbench", 1)
+    assert len(repo) == entries + 1 and len(repo.results(scheduler=rec[mine]["name"])) == 2
+    assert [r["workload"] for r in plane.read(rec[mine]["name"])["results"]] == ["batch", "schbench"]
+    _safe(plane)
+
+
+def test_include_dirs_only_under_the_servers_roots(tmp_path):
+    """-I directories come from the client: each must resolve (symlinks too) inside an include root the
+    operator named when starting the server; anything else is refused before compiling."""
+    fifo = (SCHED_DIR / "fifo.bpf.c").read_text()
+    root = tmp_path / "headers"
+    (root / "mine").mkdir(parents=True)
+    (root / "escape").symlink_to("/etc")
+
+    off, backend_off = _plane(tmp_path / "off")
+    with pytest.raises(ControlError, match="include directories are off"):
+        off.submit(fifo, include_dirs=[str(root / "mine")])
+    assert backend_off.include_dirs == [] and off.status()["programs"] == []
+
+    plane, backend = _plane(tmp_path / "on", include_roots=(root,))
+    for bad, why in ((str(root / "escape"), "outside the server's include roots"),
+                     ("/etc", "outside the server's include roots"),
+                     (str(root / "mine" / ".." / ".."), "outside the server's include roots"),
+                     (str(root / "nope"), "does not exist")):
+        with pytest.raises(ControlError, match=why):
+            plane.submit(fifo, include_dirs=[bad])
+    assert backend.include_dirs == []   # nothing was compiled
+    out = plane.submit(fifo, include_dirs=[str(root / "mine")])
+    assert out["loadable"] and backend.include_dirs == [(str((root / "mine").resolve()),)]
+    # the same source with other directories is verified again (its verdict is rebuilt with them)
+    plane.submit(fifo)
+    assert backend.include_dirs[-1] == () and len(backend.include_dirs) == 2
+    plane.submit(fifo)
+    assert len(backend.include_dirs) == 2   # same source, same directories: the verdict stands

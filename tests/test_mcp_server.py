@@ -50,7 +50,7 @@ def _env() -> dict[str, str]:
     return {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _server_args(tmp_path: Path) -> list[str]:
+def _server_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "-m",
         "aios.cli",
@@ -61,12 +61,13 @@ def _server_args(tmp_path: Path) -> list[str]:
         "hash",
         "--workdir",
         str(tmp_path / "work"),
+        *extra,
     ]
 
 
-def _stdio(tmp_path: Path) -> Client:
+def _stdio(tmp_path: Path, *extra: str) -> Client:
     params = StdioServerParameters(
-        command=sys.executable, args=_server_args(tmp_path), env=_env(), cwd=str(tmp_path)
+        command=sys.executable, args=_server_args(tmp_path, *extra), env=_env(), cwd=str(tmp_path)
     )
     return Client(params, read_timeout_seconds=900)
 
@@ -145,6 +146,35 @@ def test_stdio_repository_bad_input_and_host_side_rejections(tmp_path):
     anyio.run(session)
 
 
+def test_stdio_submit_with_include_dirs_under_the_include_root(tmp_path):
+    """sched_submit's include_dirs: a header of the user's own, found through -I under the server's
+    --include-root; without the directory the compile fails naming it, and a directory outside the
+    root is refused before compiling."""
+    _needs_setup()
+    root = tmp_path / "headers"
+    (root / "mine").mkdir(parents=True)
+    (root / "mine" / "my_sched.h").write_text("#define MY_DSQ 0\n#define MY_NAME \"aios_fifo\"\n")
+    fifo = (ROOT / "aios" / "sched_ext" / "schedulers" / "fifo.bpf.c").read_text()
+    assert "#define SHARED_DSQ 0" in fifo
+    src = fifo.replace('#include "aios_scx.h"', '#include "aios_scx.h"\n#include "my_sched.h"', 1).replace(
+        "#define SHARED_DSQ 0", "#define SHARED_DSQ MY_DSQ", 1)
+
+    async def session() -> None:
+        async with _stdio(tmp_path, "--include-root", str(root)) as client:
+            msg = await _error(client, "sched_submit", source=src, quick=True)
+            assert "rejected at stage compile" in msg and "my_sched.h" in msg
+            msg = await _error(client, "sched_submit", source=src, quick=True, include_dirs=["/usr/include"])
+            assert "outside the server's include roots" in msg
+            ok = await _ok(client, "sched_submit", source=src, quick=True, include_dirs=[str(root / "mine")])
+            assert ok["ok"] and [s["stage"] for s in ok["stages"]] == ["compile", "static"]
+            status = await _ok(client, "sched_status")
+            # one program (same bytes): its verdict was rebuilt with the -I directory, and nothing loaded
+            assert [(p["ok"], p["scope"]) for p in status["programs"]] == [(True, "static")]
+            assert status["loads"] == []
+
+    anyio.run(session)
+
+
 def test_streamable_http_on_loopback(tmp_path):
     """The same server over streamable HTTP: a client connects by URL, lists, searches, reads."""
     port = free_port()
@@ -192,8 +222,9 @@ def test_streamable_http_on_loopback(tmp_path):
 @pytest.mark.vm
 @pytest.mark.slow
 def test_submit_in_the_vm_rejects_at_the_kernel_verifier_and_passes_a_good_one(tmp_path):
-    """Two boots: a program the kernel verifier rejects (reason shown), and a repository scheduler
-    that passes every stage; loading the rejected one is refused, and nothing was loaded."""
+    """Three boots: a program the kernel verifier rejects (reason shown), a repository scheduler
+    that passes every stage, and its measurement (stored in the repository); loading the rejected
+    one is refused, and nothing else was loaded."""
     _needs_setup()
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("needs qemu")
@@ -222,5 +253,16 @@ def test_submit_in_the_vm_rejects_at_the_kernel_verifier_and_passes_a_good_one(t
             assert by_digest[verdict["digest"]]["ok"] and by_digest[verdict["digest"]]["scope"] == "all"
             assert status["loads"] == [] and status["loaded"]["host"] is None
             print(json.dumps(status["programs"], indent=1))
+
+            # a measurement is recorded in the policy repository: sched_read shows it afterwards
+            before = len((await _ok(client, "sched_read", name="fifo"))["results"])
+            measured = await _ok(client, "sched_measure", programs=["fifo"], workload="batch", reps=1)
+            (row,) = measured["results"]
+            assert row["ok"] and row["recorded"]["name"] == "fifo", row
+            results = (await _ok(client, "sched_read", name="fifo"))["results"]
+            assert len(results) == before + 1 and results[-1]["workload"] == "batch"
+            assert results[-1]["improvement"] == pytest.approx(row["improvement"])
+            loads = (await _ok(client, "sched_status"))["loads"]
+            assert [(r["digest"], r["where"]) for r in loads] == [(verdict["digest"], "vm-measure")]
 
     anyio.run(session)

@@ -55,6 +55,8 @@ def add_mcp(sub: Any) -> None:
         "--embedder", choices=("minilm", "hash"), default="minilm", help="repository search embeddings"
     )
     p.add_argument("--workdir", default=None, help="where submitted sources and objects go (default: temp)")
+    p.add_argument("--include-root", action="append", default=[], metavar="DIR",
+                   help="a directory under which sched_submit may take -I include directories (repeatable)")
     p.add_argument(
         "--host-mode",
         action="store_true",

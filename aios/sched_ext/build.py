@@ -162,6 +162,10 @@ def compile_bpf(source: Path | str, out: Path | str | None = None, setup: SetupI
                        message="a vmlinux.h next to the source shadows the target kernel's; remove it")
         return BuildResult(ok=False, source=source, diagnostics=[d], duration_s=0.0)
     setup = setup or ensure_setup(progress=False)
+    refused = refused_directive(source.read_text(errors="replace"))
+    if refused:
+        d = Diagnostic(file=str(source), line=refused[0], column=1, severity="error", message=refused[1])
+        return BuildResult(ok=False, source=source, diagnostics=[d], duration_s=0.0)
     missing = [str(d) for d in include_dirs if not Path(d).is_dir()]
     if missing:
         d = Diagnostic(file=str(source), line=0, column=0, severity="error",
@@ -198,6 +202,33 @@ def system_include_dirs(clang: str) -> tuple[Path, ...]:
                           capture_output=True, text=True)
     m = re.search(r"#include <\.\.\.> search starts here:\n(.*?)\nEnd of search list", proc.stderr, re.S)
     return tuple(Path(ln.strip()).resolve() for ln in (m.group(1).splitlines() if m else []) if ln.strip())
+
+
+_DIRECTIVE = re.compile(r"^[ \t]*#[ \t]*(include_next|include|import|embed)\b[ \t]*(.*)$", re.M)
+_PLAIN_OPERAND = re.compile(r'^(<[^<>"]+>|"[^"]+")')
+
+
+def refused_directive(src: str) -> tuple[int, str] | None:
+    """``(line, reason)`` for a directive that would make clang read a file it has no business reading.
+
+    Checked before clang runs, because clang reads an included file before any check sees it, and
+    its diagnostics quote what it read ("unknown type name 'root'"): an absolute or ``..`` path, an
+    operand built by a macro, ``#embed``, ``#include_next`` and ``#import`` are refused outright.
+    Plain relative names still go through the include rule of the static stage.
+    """
+    for m in _DIRECTIVE.finditer(src.replace("\\\n", " ")):
+        line = src.count("\n", 0, m.start()) + 1
+        kind, rest = m.group(1), m.group(2).strip()
+        if kind != "include":
+            return line, f"#{kind} is not allowed in a scheduler (refused before compiling)"
+        op = _PLAIN_OPERAND.match(rest)
+        if op is None:
+            return line, "#include must name a header literally (\"x.h\" or <x.h>), not through a macro " \
+                         "(refused before compiling)"
+        name = op.group(1)[1:-1]
+        if name.startswith("/") or ".." in Path(name).parts:
+            return line, f"#include {op.group(1)}: absolute and '..' paths are not allowed (refused before compiling)"
+    return None
 
 
 def parse_depfile(text: str) -> list[Path]:

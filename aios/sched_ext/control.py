@@ -14,14 +14,18 @@ program's digest. The control plane adds what a long-lived server needs around i
   a load the host cannot take) raises ``ControlError`` with one line the client can act on; the
   server keeps serving;
 * one micro-VM at a time (a small machine cannot run two), and ``status`` says what is running;
-* host loads only when the server was started in host mode, and at most one at a time.
+* host loads only when the server was started in host mode, and at most one at a time;
+* ``-I`` include directories only under the roots the operator named when starting the server
+  (``aios mcp --include-root DIR``): a client cannot point the compiler at the rest of the host;
+* every measurement is also stored in the policy repository (the program's repository entry, or a
+  new ``mcp`` entry for a submitted one), so ``sched_read`` and ``sched_search`` see it afterwards.
 
 Public API::
 
-    plane = ControlPlane(box=SchedToolbox(...), host_mode=False)
+    plane = ControlPlane(box=SchedToolbox(...), host_mode=False, include_roots=())
     plane.workloads() / plane.profile(workload, tier) / plane.search(query, k) / plane.read(name)
-    plane.submit(source, quick=False) -> dict      # every verifier stage (quick: host-side only)
-    plane.measure(programs, workload, reps) -> dict
+    plane.submit(source, quick=False, include_dirs=()) -> dict   # every verifier stage (quick: host-side only)
+    plane.measure(programs, workload, reps) -> dict                # results recorded in the repository
     plane.load(program, target, seconds) / plane.unload() / plane.status()
 """
 
@@ -30,9 +34,10 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from aios.sched_ext.tools import SchedToolbox, as_dict, digest, host_deploy_problem, ops_name
@@ -72,6 +77,8 @@ class ControlPlane:
 
     box: SchedToolbox
     host_mode: bool = False
+    #: directories under which ``submit`` accepts ``include_dirs`` (none: -I is refused)
+    include_roots: tuple[Path, ...] = ()
     started: float = field(default_factory=time.time)
     _vm: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _busy: str = ""
@@ -163,18 +170,43 @@ class ControlPlane:
         }
 
     # -- submit (verify) --------------------------------------------------------------------------------
-    def submit(self, source: str, quick: bool = False) -> dict[str, Any]:
+    def _include_dirs(self, dirs: Sequence[str]) -> tuple[str, ...]:
+        """The client's ``-I`` directories, each resolved (symlinks too) and inside an include root."""
+        if not dirs:
+            return ()
+        if not self.include_roots:
+            raise ControlError(
+                "include directories are off: start the server with `aios mcp --include-root DIR` to allow "
+                "-I directories under DIR (nothing was compiled)"
+            )
+        roots = [Path(r).resolve() for r in self.include_roots]
+        out = []
+        for d in dirs:
+            p = Path(d).expanduser().resolve()
+            if not any(p.is_relative_to(r) for r in roots):
+                raise ControlError(
+                    f"include directory {d!r} is outside the server's include roots "
+                    f"({', '.join(map(str, roots))}); nothing was compiled"
+                )
+            if not p.is_dir():
+                raise ControlError(f"include directory {d!r} does not exist (nothing was compiled)")
+            out.append(str(p))
+        return tuple(dict.fromkeys(out))
+
+    def submit(self, source: str, quick: bool = False, include_dirs: Sequence[str] = ()) -> dict[str, Any]:
         """Every verifier stage on ``source`` (``quick``: the host-side stages only, which loads
-        nothing and verifies nothing for loading). A rejection raises ``ControlError`` naming the
-        stage and the reason; the verdict stays in ``status`` either way."""
+        nothing and verifies nothing for loading), with ``include_dirs`` as ``-I`` (under the
+        server's include roots only). A rejection raises ``ControlError`` naming the stage and the
+        reason; the verdict stays in ``status`` either way."""
         size = len(source.encode())
         if size > MAX_SOURCE_BYTES:
             raise ControlError(f"source is {size} bytes; the limit is {MAX_SOURCE_BYTES} (nothing was compiled)")
         if not source.strip():
             raise ControlError("source is empty")
+        dirs = self._include_dirs(include_dirs)
         stages = "static" if quick else "all"
         out = self._in_vm(
-            f"verify {digest(source)} ({stages})", lambda: self.box.verify(source, stages=stages)
+            f"verify {digest(source)} ({stages})", lambda: self.box.verify(source, stages=stages, include_dirs=dirs)
         )
         if not out["ok"]:
             reason = out["reason"].strip().splitlines()
@@ -193,12 +225,16 @@ class ControlPlane:
     # -- measure, load, unload ----------------------------------------------------------------------------
     def measure(self, programs: list[str], workload: str, reps: int = 3) -> dict[str, Any]:
         """Each program against EEVDF on ``workload``, all interleaved in one VM boot (so they are
-        compared with each other too). Every program must have passed every stage here."""
+        compared with each other too). Every program must have passed every stage here. Each result
+        is stored in the policy repository (``_repository_name``)."""
         self._known_workload(workload)
         sources = [self.resolve(p) for p in programs]
         self._require_verified(sources, "measure")
+        with _clear_errors("measure"):
+            names = [self._repository_name(p, s) for p, s in zip(programs, sources, strict=True)]
         results = self._in_vm(
-            f"measure {len(sources)} on {workload}", lambda: self.box.compare(sources, workload, reps)
+            f"measure {len(sources)} on {workload}",
+            lambda: self.box.compare(sources, workload, reps, record_as=names),
         )
         return {
             "workload": workload,
@@ -208,6 +244,16 @@ class ControlPlane:
                 for p, s, r in zip(programs, sources, results, strict=True)
             ],
         }
+
+    def _repository_name(self, program: str, source: str) -> str:
+        """Where a measurement of ``program`` is stored: the repository scheduler with these exact
+        bytes (named, or found by digest), else a new ``mcp_<ops name>_<digest>`` entry."""
+        repo = self.box.repository()
+        d = digest(source)
+        if not _DIGEST_RE.match(program):
+            return program  # resolve() took its source from the repository entry itself
+        same = next((e.name for e in repo.list() if e.source_sha == d), None)
+        return same or f"mcp_{ops_name(source) or 'sched'}_{d[:8]}"
 
     def _require_verified(self, sources: list[str], what: str) -> None:
         """Refuse before any boot, naming every program that has not passed every stage here."""

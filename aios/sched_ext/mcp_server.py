@@ -33,7 +33,9 @@ micro-VM, against the kernel's default scheduler (EEVDF).
 Typical flow: sched_workloads -> sched_profile(workload) -> sched_search(goal) -> sched_read(name)
 -> write or edit BPF C -> sched_submit(source) (every verifier stage: compile, static checks, the
 kernel verifier, a smoke run in the VM) -> sched_measure([digest, other names], workload) ->
-sched_load(digest). Programs are named by the digest sched_submit returns or by a repository name.
+sched_load(digest). Programs are named by the digest sched_submit returns or by a repository name;
+sched_submit takes include_dirs (-I) under the server's --include-root directories; every
+sched_measure result is stored in the policy repository (sched_read shows it).
 Nothing is loaded that did not pass every verifier stage in this server's run. sched_status shows
 what was verified, loaded and is running. Each micro-VM call takes tens of seconds to minutes."""
 
@@ -87,11 +89,19 @@ def build_server(plane: ControlPlane) -> Any:
         quick: Annotated[
             bool, Field(description="only the host-side stages (compile, static checks); not loadable")
         ] = False,
+        include_dirs: Annotated[
+            list[Annotated[str, Field(max_length=1000)]],
+            Field(
+                max_length=8,
+                description="-I directories for the program's own headers (only under the server's "
+                "--include-root directories)",
+            ),
+        ] = [],  # noqa: B006 - the SDK builds the schema from it; never mutated
     ) -> dict[str, Any]:
         """Submit a scheduler: it goes through every verifier stage (compile, static checks, the
         kernel verifier and a smoke run in the micro-VM). Returns its digest; a rejection is an
         error naming the stage and the reason."""
-        return call(plane.submit, source, quick)
+        return call(plane.submit, source, quick, include_dirs)
 
     @server.tool()
     def sched_measure(
@@ -100,7 +110,8 @@ def build_server(plane: ControlPlane) -> Any:
         reps: Annotated[int, Field(ge=1, le=10)] = 3,
     ) -> dict[str, Any]:
         """Measure verified schedulers (digests or repository names) against EEVDF on a workload,
-        all in one micro-VM boot so they are compared with each other too."""
+        all in one micro-VM boot so they are compared with each other too. Every result is stored
+        in the policy repository (a submitted program gets an entry of its own: `recorded`)."""
         return call(plane.measure, programs, workload, reps)
 
     @server.tool()
@@ -132,6 +143,7 @@ def make_plane(
     embedder: str = "minilm",
     workdir: str | None = None,
     host_mode: bool = False,
+    include_roots: tuple[str, ...] = (),
 ) -> ControlPlane:
     """A control plane over the real toolchain (the micro-VM and the policy repository)."""
     from aios.kernel.embedding import make_embedder
@@ -141,7 +153,7 @@ def make_plane(
         repository_path=Path(repository) if repository else None, embedder=make_embedder(embedder)
     )
     box = SchedToolbox(backend=backend, workdir=Path(workdir) if workdir else None)
-    return ControlPlane(box=box, host_mode=host_mode)
+    return ControlPlane(box=box, host_mode=host_mode, include_roots=tuple(Path(r) for r in include_roots))
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -164,7 +176,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
         return 2
     if remote:
         print(f"aios mcp: warning: serving without authentication on {args.bind}:{args.port}", file=sys.stderr)
-    plane = make_plane(args.repository, args.embedder, args.workdir, args.host_mode)
+    plane = make_plane(args.repository, args.embedder, args.workdir, args.host_mode,
+                       tuple(getattr(args, "include_root", None) or ()))
     server = build_server(plane)
     try:
         if args.transport == "stdio":

@@ -131,12 +131,12 @@ class ToolchainBackend:
                 self._repo = PolicyRepository(path=self.repository_path, embedder=self.embedder)
             return self._repo
 
-    def verify(self, path: Path, stages: str) -> Any:
+    def verify(self, path: Path, stages: str, include_dirs: tuple[str, ...] = ()) -> Any:
         from aios.sched_ext import verifier
 
         if stages == "static":
-            return verifier.verify(path, stop_after="static")
-        return verifier.verify(path, **self._vm_kw())
+            return verifier.verify(path, stop_after="static", include_dirs=include_dirs)
+        return verifier.verify(path, include_dirs=include_dirs, **self._vm_kw())
 
     def verify_many(self, paths: list[Path]) -> list[Any]:
         from aios.sched_ext import verifier
@@ -177,6 +177,7 @@ class SchedToolbox:
     objects: dict[str, Path] = field(default_factory=dict)
     raw_verdicts: dict[str, Any] = field(default_factory=dict)  # the verifier's own results, by digest
     sources: dict[str, str] = field(default_factory=dict)  # every program seen, by digest
+    include_dirs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # -I dirs its verdict was built with
     deployed: dict[str, Any] = field(default_factory=dict)  # digest -> host handle (at most one)
 
     def __post_init__(self) -> None:
@@ -311,13 +312,24 @@ class SchedToolbox:
         d = as_dict(res)
         return {"ok": bool(d.get("ok")), "diagnostics": d.get("diagnostics", []), "object": d.get("object")}
 
-    def verify(self, source: str, stages: Literal["all", "static"] = "all") -> dict[str, Any]:
-        """Run the staged verifier; ``static`` stops after the kernel-free stages (write-mode repair)."""
+    def verify(
+        self, source: str, stages: Literal["all", "static"] = "all", include_dirs: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Run the staged verifier; ``static`` stops after the kernel-free stages (write-mode repair).
+
+        ``include_dirs`` (``-I``) are part of what was verified: the same source submitted again with
+        other directories is verified again, and its new verdict and object replace the old ones (a
+        load always takes the object of the latest verdict, which passed every stage or refuses).
+        """
         d = digest(source)
+        dirs = tuple(str(x) for x in include_dirs)
         cached = self.verdicts.get(d)
-        if cached is not None and (cached.scope == "all" or stages == "static" or not cached.ok):
+        same_dirs = self.include_dirs.get(d, ()) == dirs
+        if cached is not None and same_dirs and (cached.scope == "all" or stages == "static" or not cached.ok):
             return cached.model_dump()
-        v = self.backend.verify(self.source_path(source), stages)
+        path = self.source_path(source)
+        v = self.backend.verify(path, stages, include_dirs=dirs) if dirs else self.backend.verify(path, stages)
+        self.include_dirs[d] = dirs
         return self._record_verdict(source, v, stages).model_dump()
 
     def verify_batch(self, sources: list[str]) -> list[dict[str, Any]]:
@@ -381,11 +393,15 @@ class SchedToolbox:
         """Candidate vs EEVDF on ``workload`` in one VM boot; only fully verified programs."""
         return self.compare([source], workload, reps)[0]
 
-    def compare(self, sources: list[str], workload: str, reps: int = 3) -> list[dict[str, Any]]:
+    def compare(
+        self, sources: list[str], workload: str, reps: int = 3, record_as: list[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Several fully verified programs, each against EEVDF, interleaved in one VM boot.
 
         Every program is checked before anything boots: one unverified program refuses the
         whole call (``UnverifiedProgram``), so nothing is loaded. Per program, in order.
+        ``record_as`` (a repository name per source) also stores each result in the policy
+        repository under that name (``record_measurement``); the summary then says where.
         """
         from aios.sched_ext.measure import MeasureError
 
@@ -397,7 +413,35 @@ class SchedToolbox:
             by_label = {r.scheduler: r for r in self.backend.measure_objects(objs, workload, reps)}
         except MeasureError as exc:
             return [{"ok": False, "error": str(exc)[:2000]} for _ in sources]
-        return [measure_summary(by_label[self.label(s)]) for s in sources]
+        out = [measure_summary(by_label[self.label(s)]) for s in sources]
+        for i, (s, name) in enumerate(zip(sources, record_as or [], strict=False)):
+            out[i]["recorded"] = self.record_measurement(name, s, by_label[self.label(s)])
+        return out
+
+    def record_measurement(self, name: str, source: str, result: Any) -> dict[str, Any]:
+        """Store a ``MeasureResult`` under repository scheduler ``name`` (added first if new).
+
+        A new name gets an entry with origin ``mcp`` holding the measured source; an existing
+        name keeps its entry (its source is what was measured: the caller resolved it so).
+        """
+        from aios.sched_ext.repository import PolicyEntry
+
+        repo = self.repository()
+        try:
+            repo.get(name)
+        except KeyError:
+            repo.add(
+                PolicyEntry(
+                    name=name,
+                    ops_name=ops_name(source) or "",
+                    description=f"Submitted over MCP (program {digest(source)}) and measured with sched_measure.",
+                    source=source,
+                    tags=["mcp", "submitted"],
+                    origin="mcp",
+                )
+            )
+        rid = repo.record_result(result.model_copy(update={"scheduler": name}))
+        return {"name": name, "id": rid}
 
     def screen(self, sources: list[str], workload: str, reps: int = 2) -> list[dict[str, Any]]:
         """Several programs at once: the ones not yet verified go through every verifier stage in

@@ -78,6 +78,32 @@ def test_include_rules(tmp_path):
         assert [f for f in check_source(bad, [tmp_path]) if f.code == "include" and f.line == 1], inc
 
 
+def test_directives_that_read_outside_are_refused_before_compiling(tmp_path):
+    """clang reads an included file before any check runs and quotes it in its errors: an absolute or
+    '..' include, one built by a macro, #embed, #include_next and #import never reach clang."""
+    from aios.sched_ext.build import compile_bpf
+
+    secret = tmp_path / "secret" / "token.h"
+    secret.parent.mkdir()
+    secret.write_text("SECRET_TOKEN_4242 leaked\n")
+    (tmp_path / "src").mkdir()
+    cases = {
+        "abs": f'#include "{secret}"\n',
+        "dotdot": '#include "../secret/token.h"\n',
+        "macro": f'#define F "{secret}"\n#include F\n',
+        "embed": f'static const char x[] = {{\n#embed "{secret}"\n}};\n',
+        "next": "#include_next <token.h>\n",
+        "import": '  #  import "x.h"\n',
+    }
+    for name, body in cases.items():
+        src = tmp_path / "src" / f"{name}.bpf.c"
+        src.write_text('#include "aios_scx.h"\n' + body + 'char _license[] SEC("license") = "GPL";\n')
+        b = compile_bpf(src)
+        assert not b.ok and b.command == [], name                       # clang never ran
+        assert "refused before compiling" in b.errors[0].message, (name, b.errors)
+        assert "SECRET_TOKEN" not in b.summary() + b.stderr, name
+
+
 # ------------------------------------------------------------------ with the cache, no boot
 
 
