@@ -14,10 +14,14 @@ Why: issue 6's evaluation.  Everything runs on one aios kernel with the embedded
 3. Cost: wall time, LLM tokens, verification runs per workload ($0: local model).
 4. Head-to-head on the schbench-like p99 run in the scx-forge default shape (4 message threads).
 
-Outputs ``benchmarks/results/sched_agent.{json,md,png}``.
+Outputs ``benchmarks/results/sched_agent.{json,md,png}`` (``--stem`` names another set).
 
-    python benchmarks/bench_sched_agent.py                       # full run (~30-50 min under TCG)
+    python benchmarks/bench_sched_agent.py                       # full run (~30-60 min under TCG)
     python benchmarks/bench_sched_agent.py --workloads batch --iterations 3 --skip-h2h
+    # a ~25 min subset: goal inference reused, two workloads and the head-to-head, 2 final reps
+    python benchmarks/bench_sched_agent.py --goal-from benchmarks/results/sched_agent.json \
+        --workloads batch,schbench --iterations 3 --final-reps 2 --stress-seconds 30 \
+        --upstream scx_simple,scx_central,scx_flatcg,scx_qmap --stem sched_agent_upstream
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -110,11 +115,12 @@ def verified_seeds(box: Any) -> dict[str, Any]:
     return out
 
 
-def verified_upstream() -> list[Any]:
+def verified_upstream(names: list[str] | None = None) -> list[Any]:
     """The kernel's example schedulers that pass every verifier stage unchanged (one boot for all).
 
     They are verified here, outside the agent's toolbox, so the agent never sees them: they are
-    peers to beat, not material.  Refused ones are logged with their one-line reason.
+    peers to beat, not material.  Refused ones are logged with their one-line reason.  ``names``
+    (``--upstream``) picks some of them; every one in the final boot adds its runs to it.
     """
     from aios.sched_ext.measure import VerifiedObject
     from aios.sched_ext.setup import ensure_setup
@@ -125,6 +131,11 @@ def verified_upstream() -> list[Any]:
         log(f"no upstream schedulers: {setup.scx_missing or 'run `aios sched setup`'}")
         return []
     srcs = sorted(setup.scx_dir.glob("*.bpf.c"))
+    if names:
+        unknown = set(names) - {s.name.removesuffix(".bpf.c") for s in srcs}
+        if unknown:
+            raise SystemExit(f"--upstream: no such example in {setup.scx_dir}: {', '.join(sorted(unknown))}")
+        srcs = [s for s in srcs if s.name.removesuffix(".bpf.c") in names]
     out = []
     for src, v in zip(srcs, verify_many(srcs, setup=setup), strict=True):
         name = src.name.removesuffix(".bpf.c")
@@ -320,15 +331,19 @@ def level_with_best_seed(row: dict[str, Any]) -> bool:
     return top >= best["paired_min"]
 
 
-def write_outputs(data: dict[str, Any], out: Path) -> None:
+def write_outputs(data: dict[str, Any], out: Path, stem: str = "sched_agent") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sched_agent.json").write_text(json.dumps(data, indent=1, default=str))
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
+    ups = ", ".join(data.get("upstream") or []) or "none"
+    load = data.get("loadavg_at_start")
     md = [
         f"# sched-agent benchmark ({data['model']}, {data['device']})",
         "",
         f"Date: {data['date']}. Total wall time {data['wall_s'] / 60:.1f} min. Improvements are "
         '"times better than EEVDF" in the metric\'s direction (>1 = better), from one boot per workload '
-        "with EEVDF, every seed and the agent's final scheduler interleaved.",
+        "with EEVDF, every seed, the kernel's example schedulers that verify unchanged (upstream: "
+        f"{ups}) and the agent's final scheduler interleaved."
+        + (f" Host load average at the start: {load} (2 cores)." if load is not None else ""),
         "",
     ]
     g = data.get("goal_inference")
@@ -457,8 +472,8 @@ def write_outputs(data: dict[str, Any], out: Path) -> None:
     ]
     if data.get("notes"):
         md += ["## Notes", "", *[f"- {n}" for n in data["notes"]], ""]
-    (out / "sched_agent.md").write_text("\n".join(md))
-    plot(data, out / "sched_agent.png")
+    (out / f"{stem}.md").write_text("\n".join(md))
+    plot(data, out / f"{stem}.png")
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
@@ -531,6 +546,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--no-upstream", action="store_true", help="leave the kernel's example schedulers out")
+    ap.add_argument(
+        "--upstream", default="", help="only these kernel examples (comma-separated, e.g. scx_simple,scx_qmap)"
+    )
+    ap.add_argument("--stem", default="sched_agent", help="output file names: STEM.{json,md,png}")
     args = ap.parse_args()
 
     import tempfile
@@ -549,7 +568,9 @@ def main() -> int:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "args": vars(args),
         "notes": list(args.note),
+        "loadavg_at_start": round(os.getloadavg()[0], 2),
     }
+    out_dir, stem = Path(args.out), args.stem
     with Kernel(model=args.model, data_dir=work / "data") as kernel:  # MiniLM: goal examples are retrieved
         register_sched_tools(kernel, box)
         for name in (
@@ -566,23 +587,23 @@ def main() -> int:
         elif not args.skip_goal:
             log("goal inference")
             data["goal_inference"] = goal_inference(kernel, [w for w in args.goal_workloads.split(",") if w])
-            write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, Path(args.out))
+            write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, out_dir, stem)
         log("verifying the seed schedulers")
         seeds = verified_seeds(box)
-        upstream = [] if args.no_upstream else verified_upstream()
+        upstream = [] if args.no_upstream else verified_upstream([n for n in args.upstream.split(",") if n])
         data["upstream"] = [o.name for o in upstream]
         data["optimization"] = []
         for w in [w for w in args.workloads.split(",") if w]:
             log(f"optimizing {w}")
             data["optimization"].append(optimize(kernel, box, w, args, seeds, upstream))
-            write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, Path(args.out))
+            write_outputs(data | {"wall_s": time.time() - t_all, "safety": safety(box)}, out_dir, stem)
         if args.h2h and not args.skip_h2h:
             log(f"head-to-head on {args.h2h}")
             data["head_to_head"] = optimize(kernel, box, args.h2h, args, seeds, upstream)
     data["wall_s"] = time.time() - t_all
     data["safety"] = safety(box)
-    write_outputs(data, Path(args.out))
-    log(f"done in {data['wall_s'] / 60:.1f} min; results in {args.out}/sched_agent.*")
+    write_outputs(data, out_dir, stem)
+    log(f"done in {data['wall_s'] / 60:.1f} min; results in {args.out}/{stem}.*")
     return 0
 
 
