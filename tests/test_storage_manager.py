@@ -231,7 +231,7 @@ def test_concurrent_puts_group_commit(tmp_path):
 
 
 def test_lazily_built_llm_core_gets_the_retriever(tmp_path, monkeypatch):
-    import aios.kernel.llm as llm
+    import aios.kernel.kernel as kernel_module
 
     class Core:  # stands in for the engine: only the hook matters here
         retriever = None
@@ -245,7 +245,7 @@ def test_lazily_built_llm_core_gets_the_retriever(tmp_path, monkeypatch):
 
         def close(self): ...
 
-    monkeypatch.setattr(llm, "build_llm_core", lambda config: Core())
+    monkeypatch.setattr(kernel_module, "build_llm_core", lambda config: Core())
     k = make_kernel(tmp_path)
     try:
         assert k.llm.retriever == k.modules["storage"].retrieve

@@ -55,6 +55,21 @@ Handler = Callable[[Syscall], Any]
 AccessHook = Callable[[Syscall], str | None]  # returns a refusal reason, or None to allow
 
 
+def build_llm_core(config: KernelConfig) -> LLMCore:
+    """The LLM core for a ``KernelConfig``: the local batched engine, or, for
+    ``openai:<base_url>#<model>``, the OpenAI-compatible remote core. Each is imported only when
+    chosen, so a kernel that never chats never loads torch or a model."""
+    if str(config.model).startswith("openai:"):
+        from aios.kernel.remote import RemoteLLMCore
+
+        return RemoteLLMCore(config)
+    from aios.kernel.engine import LLMEngine
+    from aios.kernel.llm import load_model
+
+    model, tokenizer = load_model(config.model, config.device, config.dtype, config.cache_dir)
+    return LLMEngine(model, tokenizer, config)
+
+
 class Kernel:
     def __init__(self, config: KernelConfig | None = None, *, llm: LLMCore | None = None, **overrides: Any):
         cfg = (config or KernelConfig()).model_dump()
@@ -110,8 +125,6 @@ class Kernel:
         """The LLM core, built on first use (a kernel used only for storage never loads a model)."""
         with self._llm_lock:
             if self._llm is None:
-                from aios.kernel.llm import build_llm_core
-
                 self._llm = build_llm_core(self.config)
                 from aios.kernel.managers import wire_llm
 

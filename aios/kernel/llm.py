@@ -1,4 +1,4 @@
-"""Model loading and the LLM-core factory the kernel calls.
+"""Model loading: a model name to a ``(model, tokenizer)`` pair (the kernel picks its core in ``kernel.py``).
 
 ``load_model`` turns a model name into a ``(model, tokenizer)`` pair:
 
@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from aios.cache import cache_root
-from aios.kernel.config import KernelConfig
 
 log = logging.getLogger("aios.llm")
 
@@ -163,19 +162,3 @@ def load_model(
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(src)
     return model, tokenizer
-
-
-def build_llm_core(config: KernelConfig):
-    """The LLM core for a ``KernelConfig``: the local batched engine, or a remote backend.
-
-    ``openai:<base_url>#<model>`` selects the OpenAI-compatible remote core (imported lazily so a
-    local kernel never needs its dependencies).
-    """
-    if str(config.model).startswith("openai:"):
-        from aios.kernel.remote import RemoteLLMCore
-
-        return RemoteLLMCore(config)
-    from aios.kernel.engine import LLMEngine
-
-    model, tokenizer = load_model(config.model, config.device, config.dtype, config.cache_dir)
-    return LLMEngine(model, tokenizer, config)

@@ -39,6 +39,7 @@ from starlette.routing import Route
 from aios.kernel.detokenize import Detokenizer
 from aios.kernel.identity import AuthenticationFailed, Credential
 from aios.kernel.syscall import LLMSyscall, Syscall, SyscallRejected
+from aios.service.errors import ServiceError, invalid
 from aios.service.wire import (
     CALL_ADAPTER,
     ErrorBody,
@@ -57,14 +58,6 @@ class ServiceLimits(BaseModel):
 
     max_body_bytes: int = Field(1 << 20, ge=1024, description="413 past this")
     body_timeout_s: float = Field(30.0, gt=0, description="408 when the body takes longer to arrive")
-
-
-class ServiceError(Exception):
-    """A request refused before (or instead of) becoming a syscall: an HTTP status and a type."""
-
-    def __init__(self, status: int, type: str, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.type, self.message, self.param = status, type, message, param
 
 
 def model_id(model: str) -> str:
@@ -323,12 +316,3 @@ def notify(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
 
 def sse(data: str) -> str:
     return f"data: {data}\n\n"
-
-
-def invalid(exc: ValidationError) -> ServiceError:
-    """422 naming the first bad field (all of them in the message)."""
-    errors = exc.errors(include_url=False)
-    first = errors[0] if errors else {"loc": (), "msg": str(exc)}
-    where = ".".join(str(p) for p in first["loc"])
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:5])
-    return ServiceError(422, "InvalidRequest", problems, param=where or None)

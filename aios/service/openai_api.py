@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from aios.kernel.syscall import LLMRequest, LLMSyscall, Message, SyscallStatus, ToolCall
+from aios.service.errors import ServiceError, invalid
 
 if TYPE_CHECKING:
     from aios.service.app import Service
@@ -206,8 +207,6 @@ def failure_status(sc: LLMSyscall) -> int:
 
 # -- routes ----------------------------------------------------------------------------------------------
 def routes(service: Service) -> list[Route]:
-    from aios.service.app import ServiceError, invalid
-
     async def models(request: Request) -> Response:
         service.authenticate(request)
         return JSONResponse({"object": "list", "data": [
