@@ -1,4 +1,5 @@
-"""Helpers for tests that drive ``aios.kernel.scheduler`` directly, on an explicit clock (no engine)."""
+"""Helpers for the scheduling tests: LLM calls to schedule, the order an engine gave them rows, and
+a scheduler driven directly on an explicit clock (no engine)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,25 @@ from collections.abc import Callable
 
 from aios.kernel.scheduler import Scheduler
 from aios.kernel.sequence import SeqStatus, Sequence
+from aios.kernel.syscall import LLMRequest, LLMSyscall
+
+
+def call(agent: str, n: int = 6, prompt: str = "hello there", **request) -> LLMSyscall:
+    """An LLM call of ``agent`` asking for ``n`` new tokens (more request fields as keywords)."""
+    return LLMSyscall(
+        agent=agent,
+        request=LLMRequest(messages=[{"role": "user", "content": prompt}], max_new_tokens=n, **request),
+    )
+
+
+def first_runs(engine) -> list[str]:
+    """Agents in the order they first got batch rows (from the engine's per-step trace)."""
+    seen: list[str] = []
+    for step in engine.trace:
+        for a in step:
+            if a not in seen:
+                seen.append(a)
+    return seen
 
 
 def first_served_at(

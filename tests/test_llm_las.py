@@ -6,18 +6,11 @@ timing; the starvation bound is checked on the scheduler with explicit clock val
 
 from __future__ import annotations
 
-from _scheduler_util import first_served_at
+from _scheduler_util import call, first_runs, first_served_at
 
 import aios
 from aios.kernel.scheduler import LeastAttainedService, Scheduler
 from aios.kernel.sequence import Sequence
-from aios.kernel.syscall import LLMRequest, LLMSyscall
-
-
-def call(agent: str, n: int = 6, prompt: str = "hello there", **kw) -> LLMSyscall:
-    return LLMSyscall(
-        agent=agent, request=LLMRequest(messages=[{"role": "user", "content": prompt}], max_new_tokens=n, **kw)
-    )
 
 
 def run(engine, calls) -> list[str]:
@@ -27,12 +20,7 @@ def run(engine, calls) -> list[str]:
         engine.add(c)
     engine.run_until_idle()
     assert all(c.status.value == "done" for c in calls), [c.error for c in calls]
-    seen: list[str] = []
-    for step in engine.trace:
-        for a in step:
-            if a not in seen:
-                seen.append(a)
-    return seen
+    return first_runs(engine)
 
 
 def test_las_serves_a_new_agent_before_a_heavy_agents_next_call(make_engine):

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from _scheduler_util import first_served_at
+from _scheduler_util import call, first_served_at
 
 from aios.kernel.scheduler import SJF, LengthPredictor, Priority, RoundRobin, Scheduler
 from aios.kernel.sequence import Sequence
-from aios.kernel.syscall import LLMRequest, LLMSyscall
-
-
-def call(agent: str, n: int = 6, prompt: str = "hello there", **kw) -> LLMSyscall:
-    return LLMSyscall(
-        agent=agent, request=LLMRequest(messages=[{"role": "user", "content": prompt}], max_new_tokens=n, **kw)
-    )
 
 
 def finish_order(engine, calls):
@@ -22,16 +15,6 @@ def finish_order(engine, calls):
     assert all(c.status.value == "done" for c in calls), [c.error for c in calls]
     done = sorted(calls, key=lambda c: c.finished_at)
     return [c.agent for c in done]
-
-
-def first_runs(engine) -> list[str]:
-    """Agents in the order they first got batch rows."""
-    seen: list[str] = []
-    for step in engine.trace:
-        for a in step:
-            if a not in seen:
-                seen.append(a)
-    return seen
 
 
 def test_fifo_runs_in_arrival_order_without_preemption(make_engine):
