@@ -14,6 +14,10 @@ must hold, since the hook is known to be bypassable). Those direct runs go four 
 Starvation cases assert properties (the victim's call completes while hostile calls are still
 queued; counters), and print the victim's latency alone and under attack for the record.
 ``test_zz_summary`` reports the number of attempts and of successes (must be 0).
+
+One file (over 600 lines) on purpose: every attempt runs against one module-scoped victim world and
+is tallied in one record that ``test_zz_summary`` reports; split into modules, each summary would
+count only its part of the suite.
 """
 
 from __future__ import annotations
