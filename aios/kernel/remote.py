@@ -82,6 +82,42 @@ def _load_tokenizer(name: str, cache_dir: Any) -> Any | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Event:
+    """What a stream's reader thread tells the core: which sequence, and which of its segments."""
+
+    seq_id: int
+    gen: int
+
+
+@dataclass(frozen=True)
+class _Text(_Event):
+    text: str
+
+
+@dataclass(frozen=True)
+class _Usage(_Event):
+    usage: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Finish(_Event):
+    reason: str
+
+
+@dataclass(frozen=True)
+class _End(_Event):
+    pass
+
+
+@dataclass(frozen=True)
+class _Error(_Event):
+    message: str
+
+
+_StreamEvent = _Text | _Usage | _Finish | _End | _Error
+
+
 @dataclass
 class _Stream:
     """One open streaming request (a running sequence's "rows")."""
@@ -146,7 +182,7 @@ class RemoteLLMCore:
         # The server owns its own batching and memory: only the row limit applies here.
         self.scheduler = Scheduler(self.policy, max_rows=config.max_batch_size, max_tokens=1 << 30)
         self._inbox: queue.SimpleQueue[LLMSyscall] = queue.SimpleQueue()
-        self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[_StreamEvent] = queue.SimpleQueue()
         self._state: dict[int, _Remote] = {}
         self._by_id: dict[int, Sequence] = {}
         self._closed = False
@@ -286,7 +322,7 @@ class RemoteLLMCore:
             with self.client.stream("POST", url, json=body) as resp:
                 if resp.status_code >= 400:
                     detail = resp.read().decode(errors="replace")[:500]
-                    put((seq_id, stream.gen, "error", f"HTTP {resp.status_code}: {detail}"))
+                    put(_Error(seq_id, stream.gen, f"HTTP {resp.status_code}: {detail}"))
                     return
                 for line in resp.iter_lines():
                     if stream.cancel.is_set():
@@ -301,22 +337,22 @@ class RemoteLLMCore:
                     except json.JSONDecodeError:
                         continue
                     if "error" in obj:
-                        put((seq_id, stream.gen, "error", str(obj["error"])[:500]))
+                        put(_Error(seq_id, stream.gen, str(obj["error"])[:500]))
                         return
                     if obj.get("usage"):
-                        put((seq_id, stream.gen, "usage", obj["usage"]))
+                        put(_Usage(seq_id, stream.gen, obj["usage"]))
                     for choice in obj.get("choices") or []:
                         text = choice.get("text")
                         if text is None:
                             text = (choice.get("delta") or {}).get("content")
                         if text:
-                            put((seq_id, stream.gen, "text", text))
+                            put(_Text(seq_id, stream.gen, text))
                         if choice.get("finish_reason"):
-                            put((seq_id, stream.gen, "finish", choice["finish_reason"]))
-            put((seq_id, stream.gen, "end", None))
+                            put(_Finish(seq_id, stream.gen, choice["finish_reason"]))
+            put(_End(seq_id, stream.gen))
         except Exception as exc:  # connection refused, reset, timeout: the request fails, not the kernel
             if not stream.cancel.is_set():
-                put((seq_id, stream.gen, "error", f"{type(exc).__name__}: {exc}"))
+                put(_Error(seq_id, stream.gen, f"{type(exc).__name__}: {exc}"))
 
     # -- events --------------------------------------------------------------------------------------
     def _pump(self, timeout: float) -> bool:
@@ -325,48 +361,48 @@ class RemoteLLMCore:
             ev = self._events.get(timeout=timeout)
         except queue.Empty:
             return False
-        self._handle(*ev)
+        self._handle(ev)
         while True:
             try:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 return True
-            self._handle(*ev)
+            self._handle(ev)
 
-    def _handle(self, seq_id: int, gen: int, kind: str, payload: Any) -> None:
-        seq = self._by_id.get(seq_id)
-        st = self._state.get(seq_id)
-        if seq is None or st is None or st.stream is None or st.stream.gen != gen:
+    def _handle(self, ev: _StreamEvent) -> None:
+        seq = self._by_id.get(ev.seq_id)
+        st = self._state.get(ev.seq_id)
+        if seq is None or st is None or st.stream is None or st.stream.gen != ev.gen:
             return  # a finished sequence, or a stream we cancelled
-        if kind == "text":
-            if not st.first_token:
-                st.first_token = True
-                seq.syscall.mark_running()  # waiting time ends when the first token arrives
-            st.text += payload
-            seq.output_ids[0].append(-1)  # remote tokens have no ids here; one per chunk
-            seq.quantum_used += 1
-            hit = self._stop_hit(seq, st)
-            if hit is not None:
-                st.text = st.text[:hit]
-                self._finish(seq, "stop")
-            elif seq.tokens_generated >= seq.max_new_tokens:
-                self._finish(seq, "length")
-        elif kind == "usage":
-            st.usage_seen = True
-            st.usage_completion += int(payload.get("completion_tokens") or 0)
-            if not st.usage_prompt:
-                st.usage_prompt = int(payload.get("prompt_tokens") or 0)
-        elif kind == "finish":
-            if payload == "length":
+        match ev:
+            case _Text(text=text):
+                if not st.first_token:
+                    st.first_token = True
+                    seq.syscall.mark_running()  # waiting time ends when the first token arrives
+                st.text += text
+                seq.output_ids[0].append(-1)  # remote tokens have no ids here; one per chunk
+                seq.quantum_used += 1
+                hit = self._stop_hit(seq, st)
+                if hit is not None:
+                    st.text = st.text[:hit]
+                    self._finish(seq, "stop")
+                elif seq.tokens_generated >= seq.max_new_tokens:
+                    self._finish(seq, "length")
+            case _Usage(usage=usage):
+                st.usage_seen = True
+                st.usage_completion += int(usage.get("completion_tokens") or 0)
+                if not st.usage_prompt:
+                    st.usage_prompt = int(usage.get("prompt_tokens") or 0)
+            case _Finish(reason="length"):
                 # the server used up this segment's budget: the whole request's budget is spent
                 self._finish(seq, "length")
-            else:
+            case _Finish():
                 hit = self._stop_hit(seq, st)
                 self._finish(seq, "stop" if seq.request.stop and hit is not None else "eos")
-        elif kind == "end":
-            self._finish(seq, "eos")
-        elif kind == "error":
-            self._fail(seq, "RemoteError", str(payload))
+            case _End():
+                self._finish(seq, "eos")
+            case _Error(message=message):
+                self._fail(seq, "RemoteError", message)
 
     @staticmethod
     def _stop_hit(seq: Sequence, st: _Remote) -> int | None:
