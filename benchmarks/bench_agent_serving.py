@@ -49,9 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _common import load_bench_model, pct  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from bench_aios_eval import md_table  # noqa: E402
 
 import aios  # noqa: E402
+from aios.cli import format_table  # noqa: E402
 from aios.kernel.engine import LLMEngine  # noqa: E402
 from aios.kernel.kernel import Kernel, KernelConfig  # noqa: E402
 from aios.sdk.runtime import AgentSpec, run_agent  # noqa: E402
@@ -341,7 +341,7 @@ def _targets_table(args, targets: dict, reuse_runs: dict) -> list[str]:
         )
         targets[label] = {"prefill_ratio": ratio, "turnaround_ratio": ta_off / ta_on, "bleu": same}
     head = f"## Conversation KV reuse: {args.turns}-turn agents, {args.preamble}-token document, {args.reply}-token replies\n"
-    table = md_table(["run", "prefill tokens (no reuse)", "(reuse)", "ratio", "mean turnaround s (no reuse)",
+    table = format_table(["run", "prefill tokens (no reuse)", "(reuse)", "ratio", "mean turnaround s (no reuse)",
                       "(reuse)", "ratio", "BLEU reuse vs not"], rows)  # fmt: skip
     return [head, table]
 
@@ -367,7 +367,7 @@ def report(out: Path, args, res: dict, md_head: list[str], targets: dict, runs: 
     seq = stats["sequential"]["mean_turnaround"]
     md.append(f"\n## Multi-turn mix: {len(agents or MIX)} agents (documents, calls, reply tokens: {agents or MIX}; 2-6 calls, tool calls between), {args.mix_batch} rows, "
               f"{trials} trial(s); mean over trials\n")  # fmt: skip
-    md.append(md_table(
+    md.append(format_table(
         ["mode", "turnaround mean s", "p90", "makespan", "/ FIFO", "/ sequential", "prefill tokens", "reused", "preemptions", "BLEU vs solo"],
         [[k, s["mean_turnaround"], s["p90_turnaround"], s["makespan"], s["mean_turnaround"] / fifo,
           s["mean_turnaround"] / seq, round(s["prefill_tokens"]), round(s["reused_tokens"]), s["preemptions"], f"{s['min_bleu']:.3f}"]
@@ -418,7 +418,7 @@ def report(out: Path, args, res: dict, md_head: list[str], targets: dict, runs: 
     rows.append(
         ["BLEU 1.0 vs solo everywhere", f"min {targets['min_bleu']:.3f}", targets["min_bleu"] >= 0.9999]
     )
-    md.append(md_table(["target", "measured", "met"], rows))
+    md.append(format_table(["target", "measured", "met"], rows))
     md.append(f"\nMix run: {total / 60:.1f} min (model load {load_s:.1f}s).\n")
     text = "\n".join(md)
     print("\n" + text, flush=True)

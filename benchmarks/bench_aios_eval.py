@@ -59,6 +59,7 @@ from _common import load_bench_model, pct  # noqa: E402  (benchmarks/ is on sys.
 
 import aios  # noqa: E402
 from aios.agents import AGENTS, PAPER_AGENTS, ChatAgent  # noqa: E402
+from aios.cli import format_table  # noqa: E402  (the one markdown table of the project)
 from aios.kernel.engine import LLMEngine  # noqa: E402
 from aios.kernel.kernel import Kernel, KernelConfig  # noqa: E402
 
@@ -86,15 +87,6 @@ MIX_TOPICS = [
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def md_table(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 class Bench:
@@ -397,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             all_bleu += [x[0] for x in per[n]]
             row.append(f"{b:.3f} / {c:.3f}")
         rows.append(row)
-    md.append(md_table(["policy", *names], rows))
+    md.append(format_table(["policy", *names], rows))
     md.append(
         f"\nStress run (RR quantum 2, the three agents plus three 48-token fillers on {args.batch} rows): "
         f"{stress_preempt} suspensions of the paper agents' requests.\n"
@@ -411,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in order3:
             row.append(f"{avg(timing[mode], n, 'waiting'):.2f} / {avg(timing[mode], n, 'turnaround'):.2f}")
         rows.append(row)
-    md.append(md_table(["agent", *order3], rows))
+    md.append(format_table(["agent", *order3], rows))
     last = names[-1]
     seq_last = avg(timing["sequential"], last, "turnaround")
     ratios_last = {p: avg(timing[p], last, "turnaround") / seq_last for p in POLICIES}
@@ -446,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     md.append(
-        md_table(
+        format_table(
             ["mode", "wait mean", "wait p90", "wait p99", "turnaround mean", "p90", "p99", "makespan"], rows
         )
     )
@@ -468,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     md.append("\n## Targets\n")
     md.append(
-        md_table(
+        format_table(
             ["target", "measured", "met"],
             [
                 [
