@@ -17,7 +17,7 @@ by ~1e-7). To make a row's numerics independent of ``L``, every reduction over k
    end of a sequential sum changes nothing.
 
 A query row's result therefore depends only on its own keys, as long as each matmul's row results
-do not depend on the number of rows; ``batch_invariance`` measures from how many rows (``min_rows``)
+do not depend on the number of rows; ``batch_invariance`` measures from how many rows (``attn_rows``)
 that holds and the queries are padded to it.
 """
 

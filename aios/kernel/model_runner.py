@@ -9,10 +9,11 @@ without sliding window, Qwen2, Qwen3) — SmolLM2 is a Llama.
 
 A step's tokens are one flat batch of ``T`` rows for every matmul. Exactness (a request's tokens
 do not depend on who shares its steps, see ``attention`` and ``batch_invariance``): every row-wise
-op gives a row the same bits for any row count ``>= min_rows``, so the flat batch and every
-attention call's query rows are padded to ``min_rows`` (4 on this CPU in fp32), not to
-``max_batch_size``. If this device has no such row count, ``fixed_rows`` mode runs decode steps at
-``max_rows`` rows and each prompt in a forward of its own, as before.
+op gives a row the same bits for any row count ``>= min_rows``, so the flat batch is padded to
+``min_rows`` (1 on CPU in fp32 with ``linear``'s packed weights, 4 with plain ``F.linear``) and
+every attention call's query rows to ``attn_rows`` (4 here), not to ``max_batch_size``. If this
+device has no such row counts, ``fixed_rows`` mode runs decode steps at ``max_rows`` rows and each
+prompt in a forward of its own, as before.
 
 No host syncs inside ``run``: lengths come from the Python side; only the caller reads tokens back.
 """
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from aios.kernel.attention import attention_bias, padded_len, ragged_attention
-from aios.kernel.batch_invariance import min_stable_rows
+from aios.kernel.batch_invariance import stable_rows
 from aios.kernel.kv_cache import SlotKVCache
+from aios.kernel.linear import Linear
 
 SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
 
@@ -70,10 +72,12 @@ class ModelRunner:
             len(self.layers), max_rows, self.kv_heads, self.head_dim, self.dtype, self.device, self.max_len
         )
         self.free_slots: list[int] = list(range(max_rows))
-        shapes = [tuple(w.shape) for w in self.layers[0].weights()] + [tuple(model.lm_head.weight.shape)]
-        stable = min_stable_rows(shapes, self.dtype, self.device, self.head_dim) if batch_invariant else 1
-        self.fixed_rows = stable is None
-        self.min_rows = max_rows if stable is None else stable
+        self.lm_head = Linear(model.lm_head.weight, model.lm_head.bias)
+        shapes = [lin.shape for lin in self.layers[0].linears()] + [self.lm_head.shape]
+        stable = stable_rows(shapes, self.dtype, self.device, self.head_dim) if batch_invariant else None
+        self.fixed_rows = stable is not None and None in (stable.linear, stable.attention)
+        self.min_rows = 1 if stable is None else max_rows if self.fixed_rows else stable.linear
+        self.attn_rows = 1 if stable is None else max_rows if self.fixed_rows else stable.attention
         with torch.inference_mode():  # rotary tables for every position (the model's own rotary code)
             pos = torch.arange(padded_len(self.max_len), device=self.device)[None]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -131,7 +135,7 @@ class ModelRunner:
         H, KVH, D = self.heads, self.kv_heads, self.head_dim
         x = self.model.model.embed_tokens(ids_t)
         for li, layer in enumerate(self.layers):
-            qkv = F.linear(F.rms_norm(x, (x.shape[-1],), layer.w_in, layer.eps_in), layer.w_qkv, layer.b_qkv)
+            qkv = layer.qkv(F.rms_norm(x, (x.shape[-1],), layer.w_in, layer.eps_in))
             qk = qkv[:, : (H + KVH) * D].view(T, H + KVH, D)
             v = qkv[:, (H + KVH) * D :].view(T, KVH, D)
             if layer.q_norm is not None:  # Qwen3
@@ -145,13 +149,13 @@ class ModelRunner:
                 o = q.new_zeros(T, H, D)
                 for g in groups:
                     o[g.out_rows] = self._attend(li, g, q, layer.scaling)
-            x = x + F.linear(o.reshape(T, H * D), layer.w_o, layer.b_o)
-            gate, up = F.linear(F.rms_norm(x, (x.shape[-1],), layer.w_post, layer.eps_post), layer.w_gu).chunk(2, dim=-1)
-            x = x + F.linear(layer.act(gate) * up, layer.w_down)
+            x = x + layer.o(o.reshape(T, H * D))
+            gate, up = layer.gate_up(F.rms_norm(x, (x.shape[-1],), layer.w_post, layer.eps_post)).chunk(2, dim=-1)
+            x = x + layer.down(layer.act(gate) * up)
         last = [n - 1 for n in itertools.accumulate(len(c.ids) for c in chunks)]
         if last != list(range(len(chunks))) or len(chunks) < pad_to:
             x = x[torch.tensor(last + [0] * max(0, pad_to - len(last)), dtype=torch.long, device=dev)]
-        logits = self.model.lm_head(self.model.model.norm(x))
+        logits = self.lm_head(self.model.model.norm(x))
         return logits[: len(chunks)].float()
 
     def _attend(self, layer: int, g: _Group, q: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -175,16 +179,17 @@ class FusedLayer:
     """One decoder layer's weights, with q/k/v and gate/up fused into one matmul each.
 
     The fused matrices are built once; the model's own ``q_proj``/``k_proj``/... weights become
-    views into them, so the model is unchanged for any other caller and no weight is stored twice.
+    views into them, so the model is unchanged for any other caller and no weight is stored twice
+    in its plain layout (``Linear`` may keep a packed copy, see ``linear``).
     """
 
     def __init__(self, layer, heads: int, kv_heads: int, head_dim: int):
         attn, mlp = layer.self_attn, layer.mlp
-        self.w_qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-        self.b_qkv = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-        self.w_gu = _fuse([mlp.gate_proj, mlp.up_proj])
-        self.w_o, self.b_o = attn.o_proj.weight, attn.o_proj.bias
-        self.w_down = mlp.down_proj.weight
+        b_qkv = None if attn.q_proj.bias is None else torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+        self.qkv = Linear(_fuse([attn.q_proj, attn.k_proj, attn.v_proj]), b_qkv)
+        self.gate_up = Linear(_fuse([mlp.gate_proj, mlp.up_proj]))
+        self.o = Linear(attn.o_proj.weight, attn.o_proj.bias)
+        self.down = Linear(mlp.down_proj.weight)
         self.act = mlp.act_fn
         self.w_in, self.eps_in = layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon
         self.w_post, self.eps_post = layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon
@@ -192,8 +197,8 @@ class FusedLayer:
         self.k_norm = getattr(attn, "k_norm", None)
         self.scaling = attn.scaling
 
-    def weights(self) -> list[torch.Tensor]:
-        return [self.w_qkv, self.w_o, self.w_gu, self.w_down]
+    def linears(self) -> list[Linear]:
+        return [self.qkv, self.o, self.gate_up, self.down]
 
 
 @torch.no_grad()
@@ -214,7 +219,7 @@ class _Group:
     slots: list[int]
     slot_t: torch.Tensor
     q_len: int
-    m: int  # query rows per KV head in the call (padded to min_rows)
+    m: int  # query rows per KV head in the call (padded to attn_rows)
     key_len: int
     identity: bool  # the group's queries are exactly the forward's first R * q_len rows, in order
     q_rows: torch.Tensor  # [R * q_len] flat-batch row of each (padded) query
@@ -239,7 +244,7 @@ def _groups(chunks: list[Chunk], runner: ModelRunner, dev) -> list[_Group]:
 def _group(chunks: list[Chunk], starts: list[int], runner: ModelRunner, dev) -> _Group:
     q_len = max(len(c.ids) for c in chunks)
     grp = runner.heads // runner.kv_heads
-    m = max(q_len * grp, runner.min_rows)
+    m = max(q_len * grp, runner.attn_rows)
     q_rows, keep, qpos = [], [], []
     for c, s in zip(chunks, starts, strict=True):
         n = len(c.ids)
