@@ -153,6 +153,7 @@ def run(workloads: list[str], reps: int, batch_reps: int, merge: bool = False, u
             kept = [x for x in prev_entry["results"] if x["scheduler"] not in up_names]
             entry = dict(prev_entry, results=kept + rows, upstream_vm_seconds=entry["vm_seconds"],
                          upstream_reps=r, upstream_boot="separate boot from the seeds (merged)")
+            entry.pop("upstream_error", None)   # an earlier run's failure, now measured
         data["workloads"][wl] = entry
         for x in results:
             tqdm.write(x.summary())
