@@ -19,9 +19,16 @@ by ~1e-7). To make a row's numerics independent of ``L``, every reduction over k
 A query row's result therefore depends only on its own keys, as long as each matmul's row results
 do not depend on the number of rows; ``batch_invariance`` measures from how many rows (``attn_rows``)
 that holds and the queries are padded to it.
+
+The same argument lets a prompt skip work: a key chunk wholly past a query's position only adds
+exact zeros at the end of its sums (and ``-inf`` to its max), so leaving it out gives the same bits.
+``query_blocks`` splits a prompt's queries into blocks of ``CHUNK`` positions, each attending only
+to the chunks up to its own (causal attention at about half the cost of the full square).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -42,6 +49,28 @@ def attention_bias(qpos: torch.Tensor, key_len: int, dtype: torch.dtype) -> torc
     keypos = torch.arange(key_len, device=qpos.device).view(1, 1, nc, 1, CHUNK)
     visible = keypos <= qpos.view(R, 1, 1, M, 1)
     return torch.zeros(visible.shape, dtype=dtype, device=qpos.device).masked_fill_(~visible, float("-inf"))
+
+
+def query_blocks(qpos: list[list[int]], min_rows: int, block: int) -> list[tuple[int, int, int]]:
+    """``(row_start, row_end, key_chunks)`` per block of ``block`` query rows (the last blocks merged
+    so that each has at least ``min_rows``): ``key_chunks`` is how many chunks the block's furthest
+    query needs. ``qpos [R][M]`` as for ``attention_bias``; the rows of every sequence are split alike."""
+    M = len(qpos[0])
+    bounds = list(range(0, M, block)) + [M]
+    while len(bounds) > 2 and bounds[-1] - bounds[-2] < min_rows:
+        del bounds[-2]
+    return [(a, b, max(max(row[a:b]) for row in qpos) // CHUNK + 1) for a, b in itertools.pairwise(bounds)]
+
+
+def blocked_attention(q, k, v, bias, blocks: list[tuple[int, int, int]]) -> torch.Tensor:
+    """``ragged_attention`` per query block over only the key chunks it needs (see ``query_blocks``)."""
+    if len(blocks) == 1 and blocks[0][2] * CHUNK == k.shape[2]:
+        return ragged_attention(q, k, v, bias)
+    parts = []
+    for a, b, c in blocks:
+        L = c * CHUNK
+        parts.append(ragged_attention(q[:, :, a:b], k[:, :, :L], v[:, :, :L], bias[:, :, :c, a:b]))
+    return torch.cat(parts, dim=2)
 
 
 def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aios.kernel.attention import attention_bias, padded_len, ragged_attention
+from aios.kernel.attention import CHUNK, attention_bias, blocked_attention, padded_len, query_blocks
 from aios.kernel.batch_invariance import stable_rows
 from aios.kernel.kv_cache import SlotKVCache
 from aios.kernel.linear import Linear
@@ -169,7 +169,7 @@ class ModelRunner:
         if m < g.m:  # pad the query rows so the attention matmuls are row-invariant too
             qs = torch.cat([qs, qs.new_zeros(R, KVH, g.m - m, D)], dim=2)
         k, v = self.cache.gather(layer, g.slot_t, g.key_len)
-        o = ragged_attention(qs * scaling, k, v, g.bias)[:, :, :m]
+        o = blocked_attention(qs * scaling, k, v, g.bias, g.blocks)[:, :, :m]
         o = o.reshape(R, KVH, Q, grp, D)
         o = (o.transpose(1, 2) if Q > 1 else o).reshape(R * Q, self.heads, D)
         return o if g.identity else o[g.keep]
@@ -224,6 +224,7 @@ class _Group:
     identity: bool  # the group's queries are exactly the forward's first R * q_len rows, in order
     q_rows: torch.Tensor  # [R * q_len] flat-batch row of each (padded) query
     bias: torch.Tensor  # [R, 1, nc, m, CHUNK]: 0 where the query sees the key, -inf elsewhere
+    blocks: list[tuple[int, int, int]]  # query row blocks and the key chunks each needs (causal skip)
     keep: torch.Tensor  # indices of the real queries among the R * q_len
     out_rows: torch.Tensor  # flat-batch rows of the real queries
 
@@ -262,6 +263,7 @@ def _group(chunks: list[Chunk], starts: list[int], runner: ModelRunner, dev) -> 
         identity=q_rows == list(range(len(q_rows))),
         q_rows=torch.tensor(q_rows, dtype=torch.long, device=dev),
         bias=attention_bias(torch.tensor(qpos, dtype=torch.long, device=dev), key_len, runner.dtype),
+        blocks=query_blocks(qpos, runner.attn_rows, CHUNK * grp) if q_len > 1 else [(0, m, key_len // CHUNK)],
         keep=torch.tensor(keep_idx, dtype=torch.long, device=dev),
         out_rows=torch.tensor([q_rows[i] for i in keep_idx], dtype=torch.long, device=dev),
     )
