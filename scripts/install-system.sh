@@ -9,6 +9,15 @@
 # Idempotent: installs only what is missing (and runs `apt-get update` only then).
 set -euo pipefail
 pkgs=(clang llvm binutils gcc qemu-system-x86 bpftool libbpf1 zstd cpio debian-archive-keyring bubblewrap)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# clang-22 arrived in bookworm-security after the machine image was made: package lists from before
+# that do not know it, so refresh them once when it is neither installed nor known (a fresh CI
+# machine); without it, scx_qmap does not pass the kernel verifier (see the header).
+if ! dpkg -s clang-22 >/dev/null 2>&1 && ! apt-cache show clang-22 >/dev/null 2>&1; then
+  echo "system packages: clang-22 unknown to apt, refreshing the package lists"
+  $SUDO apt-get update -qq || true
+fi
 if apt-cache show clang-19 >/dev/null 2>&1; then pkgs+=(clang-19); fi
 if apt-cache show clang-22 >/dev/null 2>&1; then pkgs+=(clang-22); fi
 missing=()
@@ -19,8 +28,6 @@ if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages: all present"
   exit 0
 fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "system packages: installing ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
