@@ -12,6 +12,12 @@ toolbox, and every load (VM or host) is appended to ``SchedToolbox.loads`` with 
 program, so a test can assert that nothing unverified was ever loaded. The MCP server
 (``aios.sched_ext.mcp_server``) drives the same toolbox, so the rule holds for its clients too.
 
+Why one file of ~620 lines: it is one concept, the verified-only rule. ``SchedToolbox`` enforces it
+(``_require_verified`` before every load), the backend is the only path to the VM and the host, and
+``register_sched_tools`` is a thin, one-line-per-tool layer over the toolbox. Splitting them would
+put the rule and the paths that must respect it in different files, which is what a reader auditing
+"can anything unverified be loaded?" should not have to chase.
+
 Public API::
 
     box = SchedToolbox(backend=ToolchainBackend(vm_options={}), workdir=None)
