@@ -18,13 +18,13 @@ or without the kernel's sched_ext tree in it.
 
 from __future__ import annotations
 
-import re
 import struct
 from pathlib import Path
 
 import pytest
 
 from aios.sched_ext.setup import load_setup
+from aios.sched_ext.setup.host_tools import clang_major
 
 PROBES = Path(__file__).resolve().parent / "upstream_probes"
 
@@ -281,18 +281,17 @@ def test_upstream_in_vm(setup_info, upstream_verdicts):
     # scx_qmap needs clang >= 22 (see host_tools.best_clang): 19 miscompiles its arena pointer and the kernel
     # verifier refuses the object. A host without clang-22 (scripts/install-system.sh installs it where the
     # suite has it) must show exactly that, not a pass and not another failure.
-    m = re.search(r"clang-(\d+)$", setup_info.clang)
-    clang_major = int(m.group(1)) if m else 0
-    if clang_major < 22:
+    clang = clang_major(setup_info.clang)
+    if clang < 22:
         assert qmap.failed_stage == "kernel_verifier", qmap.report()
-    passing = (simple, central, flatcg, qmap) if clang_major >= 22 else (simple, central, flatcg)
+    passing = (simple, central, flatcg, qmap) if clang >= 22 else (simple, central, flatcg)
     for r in passing:
         assert r.ok, r.report()
         assert r.facts["smoke"]["spinners"] == 4, r.facts["smoke"]
         assert r.facts["load_plan"]["enums_set"] > 20, r.facts["load_plan"]
         assert r.facts["provenance"]["origin"] == "upstream", r.facts["provenance"]
     assert [r.ops_name for r in passing] == ["simple", "central", "flatcg", "qmap"][: len(passing)]
-    if clang_major >= 22:  # scx_qmap: the CPU-id ops (sched_ext_ops_cid) with its arena, loaded and enabled
+    if clang >= 22:  # scx_qmap: the CPU-id ops (sched_ext_ops_cid) with its arena, loaded and enabled
         assert qmap.verdict("kernel_verifier").reason == "loaded (qmap_ops)", qmap.report()
     assert central.facts["load_plan"]["tunables"]["nr_cpu_ids"] == 2      # the VM's CPUs, as its loader would
     assert central.facts["load_plan"]["resized"] == {".data.cpu_gimme_task": 2, ".data.cpu_started_at": 16}

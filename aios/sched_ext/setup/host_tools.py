@@ -38,6 +38,21 @@ def best_clang() -> str | None:
     return max(found)[1] if found else shutil.which("clang")
 
 
+def clang_major(clang: str) -> int:
+    """The major version of the clang at ``clang`` (0 if it cannot be told): from a ``clang-NN`` name,
+    else from ``--version`` (a plain ``clang`` may be any version). Which version builds matters:
+    scx_qmap needs 22 (see ``best_clang``)."""
+    m = re.fullmatch(r"clang-(\d+)", Path(clang).name)
+    if m:
+        return int(m.group(1))
+    try:
+        out = subprocess.run([clang, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    m = re.search(r"clang version (\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
 def host_tools() -> dict[str, str]:
     """Locate the host tools set-up and builds need, or raise ``SetupError``."""
     clang = best_clang()
