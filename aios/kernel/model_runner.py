@@ -66,13 +66,12 @@ class ModelRunner:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.max_len = max_len or getattr(cfg, "max_position_embeddings", 2048)
-        self.layers = [FusedLayer(layer, self.heads, self.kv_heads, self.head_dim) for layer in model.model.layers]
+        self.layers, self.lm_head = _weights(model, self.heads, self.kv_heads, self.head_dim)
         self.eps = model.model.norm.variance_epsilon
         self.cache = SlotKVCache(
             len(self.layers), max_rows, self.kv_heads, self.head_dim, self.dtype, self.device, self.max_len
         )
         self.free_slots: list[int] = list(range(max_rows))
-        self.lm_head = Linear(model.lm_head.weight, model.lm_head.bias)
         shapes = [lin.shape for lin in self.layers[0].linears()] + [self.lm_head.shape]
         stable = stable_rows(shapes, self.dtype, self.device, self.head_dim) if batch_invariant else None
         self.fixed_rows = stable is not None and None in (stable.linear, stable.attention)
@@ -199,6 +198,35 @@ class FusedLayer:
 
     def linears(self) -> list[Linear]:
         return [self.qkv, self.o, self.gate_up, self.down]
+
+
+class _Shared:
+    """The runner's weights for one model, kept on the model so that every engine built over it
+    shares one packed copy (a benchmark builds many kernels over one model). A deepcopy of the model
+    does not copy it (the copy's parameters are new tensors; its first runner packs them anew).
+    Packed copies do not follow in-place edits of the parameters: load new weights into a new model."""
+
+    def __init__(self, layers: list[FusedLayer], lm_head: Linear):
+        self.layers, self.lm_head = layers, lm_head
+
+    def __deepcopy__(self, memo):
+        return None
+
+    def matches(self, model) -> bool:
+        pairs = [(self.lm_head, model.lm_head.weight)]
+        for fl, layer in zip(self.layers, model.model.layers, strict=True):
+            a, m = layer.self_attn, layer.mlp
+            pairs += [(fl.qkv, a.q_proj.weight), (fl.o, a.o_proj.weight), (fl.gate_up, m.gate_proj.weight), (fl.down, m.down_proj.weight)]
+        return all(lin.weight.data_ptr() == w.data_ptr() and lin.weight.dtype == w.dtype for lin, w in pairs)
+
+
+def _weights(model, heads: int, kv_heads: int, head_dim: int) -> tuple[list[FusedLayer], Linear]:
+    shared = getattr(model, "_aios_runner_weights", None)
+    if not isinstance(shared, _Shared) or not shared.matches(model):
+        layers = [FusedLayer(layer, heads, kv_heads, head_dim) for layer in model.model.layers]
+        shared = _Shared(layers, Linear(model.lm_head.weight, model.lm_head.bias))
+        model._aios_runner_weights = shared
+    return shared.layers, shared.lm_head
 
 
 @torch.no_grad()
