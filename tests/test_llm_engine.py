@@ -347,3 +347,22 @@ def test_two_kernels_in_one_process(tiny_lm):
         b = submit(k2, call("x", n=6))
         assert a.wait(60).token_ids == b.wait(60).token_ids
         assert len(k1.history()) == len(k2.history()) == 1
+
+
+def test_engines_over_one_model_share_one_packed_copy(tiny_lm):
+    """Every runner over one model uses the same weight objects (one packed copy per model, not one
+    per engine); a deepcopy of the model, or one whose weights changed dtype, gets its own."""
+    import copy
+
+    import torch
+
+    from aios.kernel.model_runner import ModelRunner
+
+    model, _ = tiny_lm
+    a, b = ModelRunner(model, 2), ModelRunner(model, 4)
+    assert a.lm_head is b.lm_head and all(x is y for x, y in zip(a.layers, b.layers, strict=True))
+    twin = copy.deepcopy(model)
+    c = ModelRunner(twin, 2)
+    assert c.lm_head is not a.lm_head and c.layers[0].qkv.weight.data_ptr() != a.layers[0].qkv.weight.data_ptr()
+    d = ModelRunner(twin.to(torch.bfloat16), 2)
+    assert d.lm_head is not c.lm_head and d.layers[0].qkv.weight.dtype == torch.bfloat16
