@@ -171,6 +171,7 @@ def run_config(bench: Bench, agents: list[tuple[str, Any]], scheduler: str, batc
         if bad:
             raise RuntimeError(f"agent {bad[0].agent} failed: {bad[0].error}")
         st = k.llm.stats()
+        trace = [list(step) for step in k.llm.trace]  # who held rows, per step (for reading a schedule)
     finally:
         k.shutdown()
     print(
@@ -185,6 +186,8 @@ def run_config(bench: Bench, agents: list[tuple[str, Any]], scheduler: str, batc
         "prefill_tokens": st["prefill_tokens"],
         "prefill_reused_tokens": st["prefill_reused_tokens"],
         "preemptions": st["preemptions"],
+        "switch_s": st["snapshot_s"] + st["restore_s"],  # engine time spent suspending and resuming
+        "trace": trace,
     }
 
 
@@ -217,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         "--targets-from", help="take the reuse targets from a --skip-mix run's JSON instead of running them"
     )
     ap.add_argument("--merge", help="no runs: tables from this mix JSON plus --targets-from")
+    ap.add_argument(
+        "--modes",
+        help="only these mix modes, comma-separated (e.g. 'fifo,sjf +reuse,las +reuse'; fifo is always run: "
+        "it is the denominator); for quick comparisons, written to agent_serving_quick.* so the figures stay",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if args.merge:  # tables from finished runs: the mix of one JSON, the reuse targets of --targets-from
@@ -301,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [("sequential", "fifo", r) for r in (False, True)] + [
         (p, p, r) for p in POLICIES for r in (False, True)
     ]
+    if args.modes:
+        want = {"fifo"} | {m.replace("+reuse", " +reuse").replace("  ", " ").strip() for m in args.modes.split(",")}
+        modes = [m for m in modes if f"{m[0]}{' +reuse' if m[2] else ''}" in want]
     runs: dict[str, list[dict]] = {}
     for trial in range(args.trials):
         order = list(range(len(mix)))
@@ -364,7 +375,7 @@ def report(out: Path, args, res: dict, md_head: list[str], targets: dict, runs: 
             "min_bleu": min(r["bleu"] for r in rs),
         }
     fifo = stats["fifo"]["mean_turnaround"]
-    seq = stats["sequential"]["mean_turnaround"]
+    seq = stats["sequential"]["mean_turnaround"] if "sequential" in stats else float("nan")
     md.append(f"\n## Multi-turn mix: {len(agents or MIX)} agents (documents, calls, reply tokens: {agents or MIX}; 2-6 calls, tool calls between), {args.mix_batch} rows, "
               f"{trials} trial(s); mean over trials\n")  # fmt: skip
     md.append(format_table(
@@ -373,9 +384,10 @@ def report(out: Path, args, res: dict, md_head: list[str], targets: dict, runs: 
           s["mean_turnaround"] / seq, round(s["prefill_tokens"]), round(s["reused_tokens"]), s["preemptions"], f"{s['min_bleu']:.3f}"]
          for k, s in stats.items()],
     ))  # fmt: skip
-    targets["las_reuse_over_fifo"] = stats["las +reuse"]["mean_turnaround"] / fifo
+    nan = {"mean_turnaround": float("nan")}
+    targets["las_reuse_over_fifo"] = stats.get("las +reuse", nan)["mean_turnaround"] / fifo
     targets["worst_policy_over_sequential"] = max(
-        (s["mean_turnaround"] / stats["sequential" + (" +reuse" if k.endswith("+reuse") else "")]["mean_turnaround"], k)
+        (s["mean_turnaround"] / stats.get("sequential" + (" +reuse" if k.endswith("+reuse") else ""), nan)["mean_turnaround"], k)
         for k, s in stats.items() if not k.startswith("sequential")
     )  # fmt: skip
     targets["min_bleu"] = min(s["min_bleu"] for s in stats.values())
@@ -424,9 +436,12 @@ def report(out: Path, args, res: dict, md_head: list[str], targets: dict, runs: 
     print("\n" + text, flush=True)
     res["total_seconds"] = total
     stem = "agent_serving" if args.model == "smollm2" else f"agent_serving_{Path(args.model).name}"
+    if getattr(args, "modes", None):
+        stem += "_quick"
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
     (out / f"{stem}.md").write_text(text)
-    plot(out / f"{stem}.png", stats, args, trials)
+    if all(m + x in stats for m in ("sequential", *POLICIES) for x in ("", " +reuse")):
+        plot(out / f"{stem}.png", stats, args, trials)
     print(f"wrote {out / stem}.{{json,md,png}}", flush=True)
 
 

@@ -10,7 +10,7 @@ from _scheduler_util import call, first_runs, first_served_at
 
 import aios
 from aios.kernel.scheduler import LeastAttainedService, Scheduler
-from aios.kernel.sequence import Sequence
+from aios.kernel.sequence import SeqStatus, Sequence
 
 
 def run(engine, calls) -> list[str]:
@@ -98,3 +98,37 @@ def test_sdk_chat_defaults_task_to_the_agents_run(tiny_kernel):
     tasks = [s.request.task_id for s in tiny_kernel.history(agent="planner", kind="llm")]
     assert tasks[:3] == [ctx.run, ctx.run, "side"]
     assert tasks[3] not in (ctx.run, "side")
+
+
+def test_a_tasks_next_call_keeps_the_tasks_place_within_its_level():
+    """An agent back from a tool call is not queued behind agents that started after it (same level)."""
+    pol = LeastAttainedService(quantum=100)
+    first = _seq("old", 0.0, "t", n=5)
+    pol.on_add(first)
+    first.output_ids = [[7] * 5]
+    pol.on_remove(first)  # the old agent's first call is done; it is in a tool call
+    newer = _seq("new", 1.0, "t")
+    follow_up = _seq("old", 2.0, "t")  # the old agent's next call arrives after the newer agent's
+    for s in (newer, follow_up):
+        pol.on_add(s)
+    assert pol.level(pol.service(("old", "t"))) == pol.level(pol.service(("new", "t"))) == 0
+    assert pol.key(follow_up, 3.0) < pol.key(newer, 3.0)
+
+
+def test_las_preempts_across_levels_only():
+    """A waiting call of the same level never takes a running call's rows (no swap on a tie); a
+    call of a lower level does. Read from the scheduler's plans on an explicit clock."""
+    pol = LeastAttainedService(quantum=8)
+    sched = Scheduler(pol, max_rows=1, max_tokens=1000)
+    young = _seq("young", 1.0, n=30)
+    sched.add(young, now=1.0)
+    assert sched.schedule(1.0).admit == [young]
+    young.status = SeqStatus.RUNNING
+    young.output_ids = [[7] * 3]  # level 0 (3 < 8)
+    old = _seq("old", 0.5, n=30)  # an older call (say, suspended earlier), also at level 0
+    sched.add(old, now=2.0)
+    assert pol.key(old, 2.0) < pol.key(young, 2.0)  # old goes first in the queue ...
+    assert not sched.schedule(2.0)  # ... but does not preempt a call of its own level
+    young.output_ids = [[7] * 9]  # young crossed into level 1: now the level-0 call takes the row
+    plan = sched.schedule(3.0)
+    assert plan.suspend == [young] and plan.admit == [old]

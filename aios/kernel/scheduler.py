@@ -1,8 +1,9 @@
 """The agent scheduler: which sequences hold batch rows in the next step.
 
 A *policy* is a small class that orders the ready queue (``key``: lower runs first) and says when
-a running sequence should give its rows up (``expired`` for time slices, ``preemptive`` plus
-``key`` comparison for better jobs waiting). The ``Scheduler`` applies a policy under the batch
+a running sequence should give its rows up (``expired`` for time slices, ``preemptive`` plus a
+``rank`` comparison for better jobs waiting: ``rank`` is the part of the key that may preempt, the
+whole key unless the policy says otherwise). The ``Scheduler`` applies a policy under the batch
 limits (``max_rows`` rows, beams count; ``max_tokens`` prefill+decode tokens per step) and
 returns a ``Plan``: who is suspended (their KV goes to the context manager), who resumes (KV comes
 back, no recompute) and who is admitted (prefill). A sequence that loses its place is suspended,
@@ -33,12 +34,26 @@ Policies
   itself: no length hints needed. A task is ``(agent, request.task_id)``; the SDK fills ``task_id``
   with the agent's run, and an agent may name its own groups (``aios.chat(..., task_id="plan")``).
   The key is agent-scoped, so no agent can charge or credit another's task. Service is bucketed
-  into levels that double (level 0 below ``quantum`` tokens, then ``[q, 2q)``, ``[2q, 4q)`` ...;
-  FIFO by arrival within a level), the multilevel-queue form of least attained service: a task
-  that has received little service (a short agent, or one just starting) goes ahead of one that
-  has received a lot, and a running call is preempted only when it crosses into a level above a
-  waiting call's, so two tasks do not swap on every token. Starvation: a call that has waited
-  ``max_wait`` seconds in total runs ahead of every call that has not (oldest first).
+  into levels that double (level 0 below ``quantum`` tokens, then ``[q, 2q)``, ``[2q, 4q)`` ...),
+  the multilevel-queue form of least attained service: a task that has received little service (a
+  short agent, or one just starting) goes ahead of one that has received a lot.
+  Inside a level the order is the *task's* age (its first call's arrival), not the call's: an agent
+  back from a tool call keeps its place ahead of agents that started after it, so a level drains
+  program by program (FCFS among equals, which finishes programs sooner on average than sharing
+  the rows among them) instead of sending every follow-up call to the back.
+  Only the level preempts (``rank`` is (starving, level)): a running call gives its rows up when its
+  task crosses into a level above a waiting call's, never to a waiting call of its own level. With
+  the whole key preempting (as before), a task crossing into a level where an older call waited
+  was swapped out at once and swapped back at the next crossing: on the agent mix 23 preemptions
+  against 17 now, for nothing (``benchmarks/sim_agent_mix.py``).
+  Starvation: a call that has waited ``max_wait`` seconds in total runs ahead of, and preempts,
+  every call that has not (oldest first).
+  What it cannot do: it knows nothing of a call's length, so when agents arrive together it shares
+  the rows among them much as round robin would, level by level. On the multi-turn mix of
+  ``bench_agent_serving`` that puts it near 0.6x FIFO-without-reuse (simulated and measured), where
+  SJF gets 0.5x because there ``max_new_tokens`` is exactly each call's length: SJF is clairvoyant on
+  that mix, and even clairvoyant SRPT on agents' total remaining tokens gets 0.49x
+  (``benchmarks/results/agent_mix_sim.md``).
 
 Ties break by arrival, so every policy is deterministic for a given arrival order.
 """
@@ -58,6 +73,11 @@ class Policy:
 
     def key(self, seq: Sequence, now: float) -> tuple:
         raise NotImplementedError
+
+    def rank(self, seq: Sequence, now: float) -> tuple:
+        """The part of ``key`` that preempts: a ready sequence takes a running one's rows only when
+        its rank is strictly better (the rest of the key orders the queue without preempting)."""
+        return self.key(seq, now)
 
     def expired(self, seq: Sequence) -> bool:
         """True when a running sequence's time slice is over."""
@@ -160,6 +180,15 @@ class SJF(Policy):
             self.predictor.observe(seq.agent, seq.tokens_generated, seq.max_new_tokens)
 
 
+@dataclass
+class TaskService:
+    """What ``LeastAttainedService`` knows of one task: when it began, and the service it has had."""
+
+    since: float  # arrival of the task's first call: the task's place within its level
+    finished: float = 0.0  # service of its finished calls
+    live: set[Sequence] = field(default_factory=set)  # its calls in the engine
+
+
 class LeastAttainedService(Policy):
     """Program-level least attained service with doubling levels and a max-wait bound (module docstring)."""
 
@@ -173,12 +202,13 @@ class LeastAttainedService(Policy):
             raise ValueError("quantum must be >= 1 token")
         self.quantum = quantum
         self.max_wait = max_wait
-        # a prefilled token is computed with many others in one forward: on this CPU it costs about
-        # 1/8 of a decode row (measured: ~650 prefill tokens/s against ~80 decode rows/s at 8 rows)
+        # a prefilled token is computed with many others in one forward: about 1/8 of a decode row at
+        # 8 rows on the machine it was first measured on (~650 prefill tokens/s against ~80 decode
+        # rows/s), about 1/15 at 2 rows on this 2-core VM. The order barely depends on it: on the agent
+        # mix 1/8 and 1/15 are within 0.02x of each other (benchmarks/results/agent_mix_sim.md)
         self.prefill_weight = prefill_weight
         self.max_tasks = max_tasks
-        self.attained: OrderedDict[tuple[str, str], float] = OrderedDict()  # finished calls' service per task
-        self.live: dict[tuple[str, str], set[Sequence]] = {}
+        self.tasks: OrderedDict[tuple[str, str], TaskService] = OrderedDict()  # least recently active first
 
     @staticmethod
     def task(seq: Sequence) -> tuple[str, str]:
@@ -189,31 +219,38 @@ class LeastAttainedService(Policy):
 
     def service(self, task: tuple[str, str]) -> float:
         """What the task has received: its finished calls plus its calls in flight."""
-        return self.attained.get(task, 0.0) + sum(self.call_service(s) for s in self.live.get(task, ()))
+        t = self.tasks.get(task)
+        return 0.0 if t is None else t.finished + sum(self.call_service(s) for s in t.live)
 
     def level(self, service: float) -> int:
         return int(service // self.quantum).bit_length()
 
     def on_add(self, seq: Sequence) -> None:
-        self.live.setdefault(self.task(seq), set()).add(seq)
+        task = self.task(seq)
+        t = self.tasks.get(task)
+        if t is None:
+            t = self.tasks[task] = TaskService(since=seq.arrival)
+        t.live.add(seq)
+        self.tasks.move_to_end(task)
+        if len(self.tasks) > self.max_tasks:  # forget the longest-idle tasks (bounded memory), not live ones
+            for old in [k for k, v in self.tasks.items() if not v.live][: len(self.tasks) - self.max_tasks]:
+                del self.tasks[old]
 
     def on_remove(self, seq: Sequence) -> None:
-        task = self.task(seq)
-        live = self.live.get(task)
-        if live is None or seq not in live:
+        t = self.tasks.get(self.task(seq))
+        if t is None or seq not in t.live:
             return
-        live.discard(seq)
-        if not live:
-            del self.live[task]
-        self.attained[task] = self.attained.get(task, 0.0) + self.call_service(seq)
-        self.attained.move_to_end(task)
-        while len(self.attained) > self.max_tasks:  # forget the longest-idle tasks (bounded memory)
-            self.attained.popitem(last=False)
+        t.live.discard(seq)
+        t.finished += self.call_service(seq)
 
-    def key(self, seq: Sequence, now: float) -> tuple:
+    def rank(self, seq: Sequence, now: float) -> tuple:
         waited = seq.waited + (now - seq.ready_since if seq.status is not SeqStatus.RUNNING else 0.0)
         starving = waited >= self.max_wait
-        return (0 if starving else 1, self.level(self.service(self.task(seq))), seq.arrival, seq.seq_id)
+        return (0 if starving else 1, self.level(self.service(self.task(seq))))
+
+    def key(self, seq: Sequence, now: float) -> tuple:
+        t = self.tasks.get(self.task(seq))
+        return (*self.rank(seq, now), seq.arrival if t is None else t.since, seq.arrival, seq.seq_id)
 
 
 def make_policy(name: str, quantum: int = 8, aging: float = 1.0, max_wait: float = 30.0) -> Policy:
@@ -321,14 +358,14 @@ class Scheduler:
     def _preempt_for(self, cand: Sequence, now: float) -> bool:
         """Suspend running sequences that rank worse than ``cand`` until it fits; True if it does."""
         policy = self.policy
-        cand_key = policy.key(cand, now)
+        cand_rank = policy.rank(cand, now)
         victims = sorted(self.running, key=lambda s: policy.key(s, now), reverse=True)
         free = self.max_rows - self.rows_in_use
         chosen = []
         for v in victims:
             if free >= cand.num_rows:
                 break
-            if not policy.key(v, now) > cand_key:
+            if not policy.rank(v, now) > cand_rank:
                 break
             chosen.append(v)
             free += v.num_rows
