@@ -431,6 +431,11 @@ def report(out: Path, args, res: dict, md_head: list[str], targets: dict, runs: 
         ["BLEU 1.0 vs solo everywhere", f"min {targets['min_bleu']:.3f}", targets["min_bleu"] >= 0.9999]
     )
     md.append(format_table(["target", "measured", "met"], rows))
+    md.append(
+        "\nLAS uses no length hints; SJF here is clairvoyant (each call's `max_new_tokens` is its exact "
+        "length). What any ordering can reach on this mix, clairvoyant SRPT included, is simulated on the "
+        "real scheduler in `agent_mix_sim.md` (`python benchmarks/sim_agent_mix.py`)."
+    )
     md.append(f"\nMix run: {total / 60:.1f} min (model load {load_s:.1f}s).\n")
     text = "\n".join(md)
     print("\n" + text, flush=True)
