@@ -14,7 +14,7 @@ and reported as such; the guest then falls back to EEVDF and keeps running.
 Public API::
 
     verify(source, *, setup=None, vm=None, watchdog_ms=5000, stop_after=None) -> VerifyResult
-    verify_many(sources, *, setup=None, vm=None, watchdog_ms=5000) -> list[VerifyResult]
+    verify_many(sources, *, setup=None, vm=None, watchdog_ms=5000, boots=1) -> list[VerifyResult]
     STAGES = ("compile", "static", "kernel_verifier", "dynamic")
 """
 
@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -349,8 +351,8 @@ def verify(source: Path | str, *, setup: SetupInfo | None = None, vm: MicroVM | 
 
 def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None, vm: MicroVM | None = None,
                 watchdog_ms: int = 5000, stop_after: str | None = None, vm_timeout_s: float | None = None,
-                include_dirs: Sequence[Path | str] = (), overrides: dict[str, int] | None = None
-                ) -> list[VerifyResult]:
+                include_dirs: Sequence[Path | str] = (), overrides: dict[str, int] | None = None,
+                boots: int = 1) -> list[VerifyResult]:
     """Verify several schedulers; those that reach stage 3 share one micro-VM boot.
 
     If that boot dies midway (a scheduler wedged the guest), the schedulers it
@@ -363,54 +365,81 @@ def verify_many(sources: Sequence[Path | str], *, setup: SetupInfo | None = None
     those initialized bytes, the ones loaded here and by ``measure``.  What
     cannot be inferred fails the static stage with a one-line reason
     (``overrides``, i.e. ``--set NAME=VALUE``, supplies it).
+
+    The host stages of the sources run on every host CPU at once (clang is a
+    subprocess).  ``boots`` > 1 splits the guest stages over that many
+    concurrent boots, in order (the first schedulers in the first boot): each
+    TCG guest runs on one host thread, so on an otherwise idle multi-core host
+    the batch takes about 1/``boots`` of the time; each scheduler's verdict is
+    the same, only its boot-mates change.
     """
     setup = setup or ensure_setup(progress=False)
     vm = vm or MicroVM(setup)
     target = guest_target(setup, vm.cpus)
-    results: list[VerifyResult] = []
-    pending: list[tuple[VerifyResult, bytes]] = []
     t_all = time.monotonic()
-    for src in sources:
-        source = Path(src).resolve()
-        t0 = time.monotonic()
-        vr = VerifyResult(source=source, ok=False)
-        results.append(vr)
-        v, b = _stage_compile(source, setup, include_dirs)
-        vr.stages.append(v)
-        if not v.ok:
-            _skip_rest(vr, "compile")
-            vr.total_s = round(time.monotonic() - t0, 2)
-            continue
-        vr.object_path = b.object_path
-        obj = b.object_path.read_bytes()
-        v, rep, prov = _stage_static(source, b, obj, setup, include_dirs)
-        vr.facts["provenance"] = prov.model_dump()
-        if v.ok:
-            v, obj = _initialize(source, obj, target, overrides, v, vr)
-            b.object_path.write_bytes(obj)
-        vr.facts["object_sha256"] = hashlib.sha256(obj).hexdigest()  # host mode loads only these bytes
-        vr.stages.append(v)
-        vr.ops_name = next(iter(rep.ops_names.values()), "")
-        vr.facts.update(kfuncs_used=rep.kfuncs_used, tunables=rep.tunables)
-        vr.total_s = round(time.monotonic() - t0, 2)
-        if not v.ok or stop_after in ("compile", "static"):
-            _skip_rest(vr, "static", "" if not v.ok else "not run (--stop-after)")
-            continue
-        try:
-            obj = patch_struct_ops_field(obj, "timeout_ms", watchdog_ms, setup)
-        except (KeyError, ValueError, RuntimeError) as e:
-            vr.stages.append(Verdict(stage="kernel_verifier", ok=False, reason=f"cannot prepare object: {e}"))
-            _skip_rest(vr, "kernel_verifier")
-            continue
-        pending.append((vr, obj))
+    paths = [Path(src).resolve() for src in sources]
+    workers = max(1, min(len(paths), os.cpu_count() or 1))
+
+    def host(source: Path) -> tuple[VerifyResult, bytes | None]:
+        return _host_stages(source, setup, target, watchdog_ms, stop_after, include_dirs, overrides)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(host, paths))
+    results = [vr for vr, _obj in done]
+    pending = [(vr, obj) for vr, obj in done if obj is not None]
     if pending:
-        _run_guest(pending, vm, vm_timeout_s, retry=True, enums=target.enums)
+        n = max(1, min(boots, len(pending)))
+        size = -(-len(pending) // n)
+        chunks = [pending[i:i + size] for i in range(0, len(pending), size)]
+        if len(chunks) == 1:
+            _run_guest(pending, vm, vm_timeout_s, retry=True, enums=target.enums)
+        else:
+            _ = vm.accel  # decided once, before the boots start
+            with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+                for f in [pool.submit(_run_guest, c, vm, vm_timeout_s, True, target.enums) for c in chunks]:
+                    f.result()
     for vr in results:
         ran_ok = all(v.ok for v in vr.stages if not v.skipped)
         vr.ok = ran_ok and (stop_after is not None or not any(v.skipped for v in vr.stages))
     if len(results) == 1:
         results[0].total_s = round(time.monotonic() - t_all, 2)
     return results
+
+
+def _host_stages(source: Path, setup: SetupInfo, target: Target, watchdog_ms: int, stop_after: str | None,
+                 include_dirs: Sequence[Path | str], overrides: dict[str, int] | None
+                 ) -> tuple[VerifyResult, bytes | None]:
+    """Compile and static stages of one source; the object for the guest stages, or None when it stops here."""
+    t0 = time.monotonic()
+    vr = VerifyResult(source=source, ok=False)
+    v, b = _stage_compile(source, setup, include_dirs)
+    vr.stages.append(v)
+    if not v.ok:
+        _skip_rest(vr, "compile")
+        vr.total_s = round(time.monotonic() - t0, 2)
+        return vr, None
+    vr.object_path = b.object_path
+    obj = b.object_path.read_bytes()
+    v, rep, prov = _stage_static(source, b, obj, setup, include_dirs)
+    vr.facts["provenance"] = prov.model_dump()
+    if v.ok:
+        v, obj = _initialize(source, obj, target, overrides, v, vr)
+        b.object_path.write_bytes(obj)
+    vr.facts["object_sha256"] = hashlib.sha256(obj).hexdigest()  # host mode loads only these bytes
+    vr.stages.append(v)
+    vr.ops_name = next(iter(rep.ops_names.values()), "")
+    vr.facts.update(kfuncs_used=rep.kfuncs_used, tunables=rep.tunables)
+    vr.total_s = round(time.monotonic() - t0, 2)
+    if not v.ok or stop_after in ("compile", "static"):
+        _skip_rest(vr, "static", "" if not v.ok else "not run (--stop-after)")
+        return vr, None
+    try:
+        obj = patch_struct_ops_field(obj, "timeout_ms", watchdog_ms, setup)
+    except (KeyError, ValueError, RuntimeError) as e:
+        vr.stages.append(Verdict(stage="kernel_verifier", ok=False, reason=f"cannot prepare object: {e}"))
+        _skip_rest(vr, "kernel_verifier")
+        return vr, None
+    return vr, obj
 
 
 def _initialize(source: Path, obj: bytes, target: Target, overrides: dict[str, int] | None, v: Verdict,
