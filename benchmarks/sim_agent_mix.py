@@ -85,7 +85,8 @@ def simulate(policy: Policy, reuse: bool, order: list[int], costs: tuple[float, 
                 prompt = doc + CHAT_TOKENS + a["call"] * (reply + TURN_TOKENS)
                 sc = LLMSyscall(agent=f"a{i}", request=LLMRequest(
                     messages=[{"role": "user", "content": "-"}], max_new_tokens=reply, priority=i % 3 - 1))  # fmt: skip
-                seq = Sequence(syscall=sc, prompt_ids=[0] * prompt, max_new_tokens=reply, arrival=now)
+                seq = Sequence(syscall=sc, prompt_ids=[0] * prompt, max_new_tokens=reply, arrival=now,
+                               seq_id=i * 100 + a["call"])
                 seq.prefix_reused = prompt - TURN_TOKENS if reuse and a["call"] else 0
                 seq.later_tokens = (calls - a["call"] - 1) * reply  # only the clairvoyant references read it
                 a["seq"] = seq

@@ -6,6 +6,8 @@ timing; the starvation bound is checked on the scheduler with explicit clock val
 
 from __future__ import annotations
 
+import itertools
+
 from _scheduler_util import call, first_runs, first_served_at
 
 import aios
@@ -47,9 +49,12 @@ def test_las_preempts_a_call_whose_task_crossed_a_level(make_engine):
     assert light.result.preemptions == 0
 
 
+_SEQ_IDS = itertools.count()
+
+
 def _seq(agent: str, arrival: float, task: str | None = None, n: int = 8) -> Sequence:
     sc = call(agent, n, task_id=task)
-    return Sequence(syscall=sc, prompt_ids=[1, 2, 3], max_new_tokens=n, arrival=arrival)
+    return Sequence(syscall=sc, prompt_ids=[1, 2, 3], max_new_tokens=n, arrival=arrival, seq_id=next(_SEQ_IDS))
 
 
 def _served(pol: LeastAttainedService, agent: str, task: str | None, tokens: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from _scheduler_util import call, first_served_at
 
 from aios.kernel.scheduler import SJF, LengthPredictor, Priority, RoundRobin, Scheduler
@@ -63,9 +65,13 @@ def test_priority_orders_and_preempts(make_engine):
     assert low.result.preemptions == 1 and low.result.completion_tokens == 12
 
 
+_SEQ_IDS = itertools.count()
+
+
 def _seq(agent: str, arrival: float, **kw) -> Sequence:
     sc = call(agent, kw.pop("n", 8), **kw)
-    return Sequence(syscall=sc, prompt_ids=[1, 2, 3], max_new_tokens=sc.request.max_new_tokens, arrival=arrival)
+    return Sequence(syscall=sc, prompt_ids=[1, 2, 3], max_new_tokens=sc.request.max_new_tokens, arrival=arrival,
+                    seq_id=next(_SEQ_IDS))
 
 
 def test_priority_aging_prevents_starvation():

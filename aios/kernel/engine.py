@@ -24,6 +24,7 @@ serving.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import threading
@@ -112,6 +113,7 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.config.max_batch_size, self.config.batch_invariant, max_len=self.window)
         self.policy = make_policy(self.config.scheduler, self.config.quantum, self.config.aging, self.config.max_wait)
         self.scheduler = Scheduler(self.policy, self.config.max_batch_size, self.config.max_batch_tokens)
+        self.seq_ids = itertools.count()  # this engine's sequence ids (tie-breaks in the policies' keys)
         self.ctx = ContextManager(self.config.kv_memory_budget_mb, self.config.spill_dir, device=self.runner.device)
         self.prefix: PrefixCache | None = None  # conversation KV reuse; exact only on a row-invariant runner
         if self.config.kv_reuse and self.config.batch_invariant and not self.runner.fixed_rows:
@@ -169,7 +171,7 @@ class LLMEngine:
         if fit.dropped and policy == "summarize":
             self._summarize_then_add(syscall, messages, fit.dropped, actions)
             return
-        seq = Sequence(syscall=syscall, prompt_ids=fit.prompt_ids, max_new_tokens=req.max_new_tokens, arrival=time.monotonic())
+        seq = Sequence(syscall=syscall, prompt_ids=fit.prompt_ids, max_new_tokens=req.max_new_tokens, arrival=time.monotonic(), seq_id=next(self.seq_ids))
         seq.num_beams = req.num_beams
         seq.context_actions = actions + fit.actions
         if fit.actions:

@@ -220,7 +220,7 @@ def sequence_from_state(engine: Any, syscall: LLMSyscall, state: dict[str, Any])
     req = syscall.request
     seq = Sequence(
         syscall=syscall, prompt_ids=list(state["prompt_ids"]), max_new_tokens=state["max_new_tokens"],
-        arrival=time.monotonic(),
+        arrival=time.monotonic(), seq_id=next(engine.seq_ids),
     )  # fmt: skip
     seq.num_beams = state["num_beams"]
     seq.seed = state["seed"]

@@ -38,6 +38,7 @@ final usage report, when the server sends one, replaces the estimate in the resp
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -181,6 +182,7 @@ class RemoteLLMCore:
         )
         # The server owns its own batching and memory: only the row limit applies here.
         self.scheduler = Scheduler(self.policy, max_rows=config.max_batch_size, max_tokens=1 << 30)
+        self.seq_ids = itertools.count()
         self._inbox: queue.SimpleQueue[LLMSyscall] = queue.SimpleQueue()
         self._events: queue.SimpleQueue[_StreamEvent] = queue.SimpleQueue()
         self._state: dict[int, _Remote] = {}
@@ -241,7 +243,7 @@ class RemoteLLMCore:
             except Exception as exc:
                 sc.fail("InvalidRequest", f"cannot render the prompt: {exc}")
                 continue
-            seq = Sequence(syscall=sc, prompt_ids=prompt_ids, max_new_tokens=req.max_new_tokens, arrival=now)
+            seq = Sequence(syscall=sc, prompt_ids=prompt_ids, max_new_tokens=req.max_new_tokens, arrival=now, seq_id=next(self.seq_ids))
             self._state[seq.seq_id] = _Remote(prompt=prompt)
             self._by_id[seq.seq_id] = seq
             self.scheduler.add(seq, now)

@@ -8,7 +8,6 @@ search.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Any
@@ -27,16 +26,13 @@ class SeqStatus(Enum):
     FINISHED = auto()
 
 
-_ids = itertools.count()
-
-
 @dataclass
 class Sequence:
     syscall: LLMSyscall
     prompt_ids: list[int]
     max_new_tokens: int
     arrival: float  # monotonic time the engine accepted it
-    seq_id: int = field(default_factory=lambda: next(_ids))
+    seq_id: int  # from the engine's own counter (several kernels in one process share no state)
     status: SeqStatus = SeqStatus.WAITING
     num_beams: int = 1
 
