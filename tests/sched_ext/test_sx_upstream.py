@@ -259,18 +259,19 @@ def test_a_modified_tree_is_not_upstream(setup_info, tmp_path):
     assert prov.origin == "submitted" and "no longer matches" in prov.reason, prov
 
 
-# ------------------------------------------------------------------ one boot
+# ------------------------------------------------------------------ one verification (two boots)
 
 
 @pytest.fixture(scope="module")
 def upstream_verdicts(setup_info):
-    """One boot: four kernel examples and three probes through all four stages."""
+    """Four kernel examples and three probes through all four stages, in two boots side by side
+    (a TCG guest runs on one host core; each program's verdict does not depend on its boot-mates)."""
     from aios.sched_ext.verifier import verify_many
 
     sources = [_example(setup_info, n) for n in ("scx_simple", "scx_central", "scx_flatcg", "scx_qmap")]
     sources += [PROBES / "enum_local.bpf.c", PROBES / "zero" / "enum_zero.bpf.c", PROBES / "error_exit.bpf.c"]
     # none of them stalls: a long watchdog keeps a heavily loaded host (TCG) from ejecting them
-    return verify_many(sources, setup=setup_info, watchdog_ms=15000)
+    return verify_many(sources, setup=setup_info, watchdog_ms=15000, boots=2)
 
 
 @pytest.mark.vm
