@@ -18,6 +18,7 @@ knowing every length is worth on a mix. Suspending and resuming cost nothing her
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import sys
@@ -113,7 +114,7 @@ def simulate(mix: list[tuple[int, int, int]], policy: Policy, reuse: bool, order
         for slot, i in enumerate(order)
     }
     step_s, prefill_s = costs
-    now, preemptions = 0.0, 0
+    now, preemptions, seq_ids = 0.0, 0, itertools.count()
     while any(a["done"] is None for a in agents.values()):
         idle = [i for i, a in agents.items() if a["seq"] is None and a["done"] is None]
         if sequential:  # one after another: an agent starts when every earlier arrival is done
@@ -126,8 +127,13 @@ def simulate(mix: list[tuple[int, int, int]], policy: Policy, reuse: bool, order
                 prompt = doc + CHAT_TOKENS + a["call"] * (reply + TURN_TOKENS)
                 sc = LLMSyscall(agent=f"a{i}", request=LLMRequest(
                     messages=[{"role": "user", "content": "-"}], max_new_tokens=reply, priority=i % 3 - 1))  # fmt: skip
-                seq = Sequence(syscall=sc, prompt_ids=[0] * prompt, max_new_tokens=reply, arrival=now,
-                               seq_id=i * 100 + a["call"])
+                seq = Sequence(
+                    syscall=sc,
+                    prompt_ids=[0] * prompt,
+                    max_new_tokens=reply,
+                    arrival=now,
+                    seq_id=next(seq_ids),
+                )  # in the order they arrive, as the engine numbers them
                 seq.prefix_reused = prompt - TURN_TOKENS if reuse and a["call"] else 0
                 seq.later_tokens = (calls - a["call"] - 1) * reply  # only the clairvoyant references read it
                 a["seq"] = seq
