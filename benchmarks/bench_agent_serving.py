@@ -3,7 +3,7 @@
     python benchmarks/bench_agent_serving.py             # everything (~45 min on 2 idle cores)
     aios bench agent_serving                             # the same
     python benchmarks/bench_agent_serving.py --mixes heavy --targets-from benchmarks/results/agent_serving.json \
-        --mixes-from benchmarks/results/agent_serving.json   # the heavy-tailed mix alone (~16 min), the rest kept
+        --mixes-from benchmarks/results/agent_serving.json   # the heavy-tailed mix alone (~17 min), the rest kept
     python benchmarks/bench_agent_serving.py --model tiny --trials 1 --preamble 200 --crowd 2   # smoke test
 
 1. Reuse targets. A 4-turn agent whose first prompt carries a ``--preamble``-token document
