@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from .build import SCHED_EXT_OPS_TYPES, ElfObject, btf_var_types, read_struct_ops_name
+from .elf import SCHED_EXT_OPS_TYPES, ElfObject, btf_var_types, read_struct_ops_name
 from .provenance import Provenance
 from .setup import SetupInfo, ensure_setup
 

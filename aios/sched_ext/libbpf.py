@@ -355,7 +355,7 @@ class HostScheduler:
         Both layouts keep ``kind`` at 0, ``exit_code`` at 8, ``reason[128]`` at 16 and ``msg`` at 144
         (256 bytes in aios's, 1024 in upstream's): the symbol's size says which.
         """
-        from .build import ElfObject
+        from .elf import ElfObject
 
         sym = ElfObject(self.obj_path.read_bytes()).symbol(name, ".data")
         if sym is None:

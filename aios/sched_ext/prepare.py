@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .btf import Enumerator, kernel_enums
-from .build import ElfObject
 from .checks import strip_comments
+from .elf import ElfObject
 
 
 @dataclass(frozen=True)

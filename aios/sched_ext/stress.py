@@ -74,7 +74,7 @@ def stress_in_vm(obj: Path, seconds: float, vm: Any, stressors: str = STRESS_MIX
     watchdog (``timeout_ms``) is set to 5 s first, as in the verifier's dynamic stage, so a stall
     shows up as an ejection within the run instead of after 30 s.
     """
-    from aios.sched_ext.build import patch_struct_ops_field
+    from aios.sched_ext.elf import patch_struct_ops_field
     from aios.sched_ext.loader import parse_exits
 
     secs = max(1, int(round(seconds)))

@@ -34,8 +34,9 @@ from pydantic import BaseModel, Field
 
 from . import bpftool as bt
 from .btf import Enumerator
-from .build import BuildResult, compile_bpf, patch_struct_ops_field
+from .build import BuildResult, compile_bpf
 from .checks import CheckReport, run_checks
+from .elf import patch_struct_ops_field
 from .loader import GUEST_STATE_SNIPPET, parse_exits, parse_state
 from .prepare import Target, apply_to_elf, guest_target, plan_load
 from .provenance import Provenance, provenance_of

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from aios.sched_ext import bpftool as bt
-from aios.sched_ext.build import ElfObject, parse_diagnostics, patch_struct_ops_field, set_tunables
+from aios.sched_ext.build import parse_diagnostics
 from aios.sched_ext.checks import check_source
+from aios.sched_ext.elf import ElfObject, patch_struct_ops_field, set_tunables
 from aios.sched_ext.loader import classify_exit, parse_exits, parse_state, read_host_state, unexpected_exits
 from aios.sched_ext.setup import kfunc_prototypes, load_setup, write_cpio
 from aios.sched_ext.vm import parse_serial
@@ -166,8 +167,9 @@ SEC("kprobe/do_exit") int k(void *ctx) { return 0; }
 
 
 def test_compile_ok_and_object_checks(setup_info, tmp_path):
-    from aios.sched_ext.build import compile_bpf, read_struct_ops_name
+    from aios.sched_ext.build import compile_bpf
     from aios.sched_ext.checks import run_checks
+    from aios.sched_ext.elf import read_struct_ops_name
 
     src = _write(tmp_path, "t.bpf.c", GOOD)
     b = compile_bpf(src, setup=setup_info)

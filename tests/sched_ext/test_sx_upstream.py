@@ -121,7 +121,8 @@ def test_btf_enums_of_guest_kernel(setup_info):
 
 def test_plan_from_the_kernels_own_loaders(setup_info):
     """scx_central's loader sets nr_cpu_ids from the CPU count and resizes two arrays by it."""
-    from aios.sched_ext.build import ElfObject, compile_bpf
+    from aios.sched_ext.build import compile_bpf
+    from aios.sched_ext.elf import ElfObject
     from aios.sched_ext.prepare import Target, apply_to_elf, guest_target, plan_load
 
     b = compile_bpf(_example(setup_info, "scx_central"), setup=setup_info)
