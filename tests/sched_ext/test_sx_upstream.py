@@ -286,13 +286,22 @@ def test_upstream_in_vm(setup_info, upstream_verdicts):
     clang = clang_major(setup_info.clang)
     if clang < 22:
         assert qmap.failed_stage == "kernel_verifier", qmap.report()
-    passing = (simple, central, flatcg, qmap) if clang >= 22 else (simple, central, flatcg)
+    # scx_central re-arms a CPU-pinned bpf_timer from its own callback. On the 7.x kernels (bpf_async timer
+    # rework; sched_ext now runs ops.init() from a helper kthread on any CPU) that re-arm intermittently
+    # returns -EINVAL and the scheduler calls scx_bpf_error itself: seen once in 13 fresh-clone runs, on a
+    # heavily loaded host. Rejecting a scheduler that errors out is the verifier being right, so central
+    # must either pass every stage or be ejected for exactly that upstream error at the dynamic stage.
+    if not central.ok:
+        assert central.failed_stage == "dynamic", central.report()
+        assert "bpf_timer_start failed (-22)" in central.report(), central.report()
+    passing = tuple(r for r in ((simple, central, flatcg, qmap) if clang >= 22 else (simple, central, flatcg)) if r is not central or central.ok)
     for r in passing:
         assert r.ok, r.report()
         assert r.facts["smoke"]["spinners"] == 4, r.facts["smoke"]
         assert r.facts["load_plan"]["enums_set"] > 20, r.facts["load_plan"]
         assert r.facts["provenance"]["origin"] == "upstream", r.facts["provenance"]
-    assert [r.ops_name for r in passing] == ["simple", "central", "flatcg", "qmap"][: len(passing)]
+    names = ["simple", "central", "flatcg", "qmap"][: 4 if clang >= 22 else 3]
+    assert [r.ops_name for r in passing] == [n for n in names if n != "central" or central.ok]
     if clang >= 22:  # scx_qmap: the CPU-id ops (sched_ext_ops_cid) with its arena, loaded and enabled
         assert qmap.verdict("kernel_verifier").reason == "loaded (qmap_ops)", qmap.report()
     assert central.facts["load_plan"]["tunables"]["nr_cpu_ids"] == 2      # the VM's CPUs, as its loader would
