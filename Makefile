@@ -25,6 +25,8 @@ system:
 	bash scripts/install-system.sh
 
 install: system $(STAMP)
+	# the LLM core's C++ attention kernel: built once per machine (about a minute), cached by torch
+	$(PY) -m aios.kernel.attention_cpu
 
 sched-setup: install
 	$(VENV)/bin/aios sched setup

@@ -5,10 +5,11 @@
 # reusing an arena pointer without its addr_space_cast, which the kernel verifier refuses), gcc for
 # the static guest workloads, qemu for the micro-VM, bpftool to dump vmlinux.h, libbpf for the host-mode loader, the archive keyring for the
 # private apt configuration that fetches guest packages (never installed on the host), bubblewrap for the
-# namespace sandbox of the python tool (aios/kernel/sandbox.py).
+# namespace sandbox of the python tool (aios/kernel/sandbox.py), g++ and ninja for the LLM core's C++
+# attention kernel (aios/kernel/csrc/attention.cpp, built by torch on first use).
 # Idempotent: installs only what is missing (and runs `apt-get update` only then).
 set -euo pipefail
-pkgs=(clang llvm binutils gcc qemu-system-x86 bpftool libbpf1 zstd cpio debian-archive-keyring bubblewrap)
+pkgs=(clang llvm binutils gcc qemu-system-x86 bpftool libbpf1 zstd cpio debian-archive-keyring bubblewrap g++ ninja-build)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # clang-22 arrived in bookworm-security after the machine image was made: package lists from before

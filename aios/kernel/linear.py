@@ -14,8 +14,13 @@ to thousands, 1 or 2 threads. Cold-cache decode step (all 30 layers and the LM h
 GEMMs 52-63 vs 44-51 GFLOP/s. ``batch_invariance`` still measures stability at start with the
 same ``Linear``, so a device where this does not hold falls back to padding (or fixed rows).
 
-Packing applies to fp32 on CPU with oneDNN present; everything else (GPUs, bf16, a torch without
-oneDNN) uses ``F.linear`` on the plain weight. The packed copy is the runner's own: the model's
+bf16 on a CPU with native bf16 dot products (AVX512-BF16 or AMX) packs the same way: measured on an
+AVX512-BF16 EPYC (no AMX), all of SmolLM2's matmuls for one row take 11.5 ms packed against 31.7 ms
+with ``F.linear`` (1 thread), and every row gets the same bits as ``F.linear`` gives it, for every
+row count from 1 to 257.
+
+Packing applies to fp32, and to bf16 where oneDNN has native bf16, on CPU with oneDNN present;
+everything else (GPUs, a torch without oneDNN) uses ``F.linear`` on the plain weight. The packed copy is the runner's own: the model's
 parameters stay as they are for any other caller (it costs one more copy of the weights).
 """
 
@@ -30,7 +35,7 @@ PACK_HINT = 8  # rows the packed layout is tuned for (decode batch sizes); any r
 def can_pack(device: torch.device | str, dtype: torch.dtype) -> bool:
     return (
         torch.device(device).type == "cpu"
-        and dtype == torch.float32
+        and (dtype == torch.float32 or dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )

@@ -2,16 +2,19 @@
 
 The runner calls the model's parts itself (embedding, decoder layers' norms, projections and MLPs,
 final norm, LM head) instead of ``model(...)``: the KV cache is the engine's ``SlotKVCache``, not
-a transformers ``Cache``, and attention is ``attention.ragged_attention``, one batched call per
-layer for all decode rows (plus one for the prompt chunks, when there are some). Nothing is
-passed to transformers as ``past_key_values``. Supported: Llama-style decoders (Llama, Mistral
+a transformers ``Cache``. Attention is one call per layer for every row of the step, prompt and
+decode alike: on CPU the C++ kernel of ``attention_cpu`` (each row reads its own slot's keys in a
+fixed order: no gather, no padding, batch invariant by construction; at 32 decode rows it made
+the bf16 step ~1.7x faster than the eager path); elsewhere (GPUs, no compiler) the eager
+``attention.ragged_attention``, one batched call for the decode rows plus one for the prompt
+chunks. Nothing is passed to transformers as ``past_key_values``. Supported: Llama-style decoders (Llama, Mistral
 without sliding window, Qwen2, Qwen3) — SmolLM2 is a Llama.
 
 A step's tokens are one flat batch of ``T`` rows for every matmul. Exactness (a request's tokens
 do not depend on who shares its steps, see ``attention`` and ``batch_invariance``): every row-wise
 op gives a row the same bits for any row count ``>= min_rows``, so the flat batch is padded to
-``min_rows`` (1 on CPU in fp32 with ``linear``'s packed weights, 4 with plain ``F.linear``) and
-every attention call's query rows to ``attn_rows`` (4 here), not to ``max_batch_size``. If this
+``min_rows`` (1 on CPU in fp32 and bf16 with ``linear``'s packed weights, 4 with plain ``F.linear``)
+and, on the eager path, every attention call's query rows to ``attn_rows``, not to ``max_batch_size``. If this
 device has no such row counts, ``fixed_rows`` mode runs decode steps at ``max_rows`` rows and each
 prompt in a forward of its own, as before.
 
@@ -26,8 +29,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from aios.kernel import attention_cpu
 from aios.kernel.attention import CHUNK, attention_bias, blocked_attention, padded_len, query_blocks
-from aios.kernel.batch_invariance import stable_rows
+from aios.kernel.batch_invariance import StableRows, stable_rows
 from aios.kernel.kv_cache import SlotKVCache
 from aios.kernel.linear import Linear
 
@@ -51,7 +55,9 @@ class Chunk:
 class ModelRunner:
     """Owns the model's forward passes and the batch KV cache (one per engine)."""
 
-    def __init__(self, model, max_rows: int, batch_invariant: bool = True, max_len: int | None = None):
+    def __init__(
+        self, model, max_rows: int, batch_invariant: bool = True, max_len: int | None = None, cpp_attention: bool = True
+    ):
         cfg = model.config
         if cfg.model_type not in SUPPORTED or getattr(cfg, "sliding_window", None) and cfg.model_type == "mistral":
             raise NotImplementedError(
@@ -72,8 +78,12 @@ class ModelRunner:
             len(self.layers), max_rows, self.kv_heads, self.head_dim, self.dtype, self.device, self.max_len
         )
         self.free_slots: list[int] = list(range(max_rows))
+        # The C++ kernel attends each row alone in a fixed order: no padding rows, no gathers.
+        self.cpp = attention_cpu.kernel() if cpp_attention and attention_cpu.usable(self.device, self.dtype) else None
         shapes = [lin.shape for lin in self.layers[0].linears()] + [self.lm_head.shape]
         stable = stable_rows(shapes, self.dtype, self.device, self.head_dim) if batch_invariant else None
+        if stable is not None and self.cpp is not None:
+            stable = StableRows(stable.linear, 1)
         self.fixed_rows = stable is not None and None in (stable.linear, stable.attention)
         self.min_rows = 1 if stable is None else max_rows if self.fixed_rows else stable.linear
         self.attn_rows = 1 if stable is None else max_rows if self.fixed_rows else stable.attention
@@ -129,7 +139,8 @@ class ModelRunner:
         ids_t = torch.tensor(ids + [0] * pad, dtype=torch.long, device=dev)
         pos_t = torch.tensor([p for c in chunks for p in range(c.start, c.end)] + [0] * pad, dtype=torch.long, device=dev)
         slot_t = torch.tensor([c.slot for c in chunks for _ in c.ids], dtype=torch.long, device=dev)
-        groups = _groups(chunks, self, dev)
+        groups = _groups(chunks, self, dev) if self.cpp is None else []
+        seen_t = pos_t[:n_real] + 1  # keys each real row attends to (C++ kernel)
         cos, sin = self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1)  # [T, 1, D]
         H, KVH, D = self.heads, self.kv_heads, self.head_dim
         x = self.model.model.embed_tokens(ids_t)
@@ -142,7 +153,10 @@ class ModelRunner:
             qk = torch.addcmul(qk * cos, torch.roll(qk, D // 2, dims=-1), sin)
             q, k = qk[:, :H], qk[:, H:]
             self.cache.put(li, slot_t, pos_t[:n_real], k[:n_real], v[:n_real])
-            if len(groups) == 1 and groups[0].identity and len(groups[0].q_rows) == T:
+            if self.cpp is not None:
+                o = self.cpp.ragged_attention(q[:n_real], self.cache.keys[li], self.cache.values[li], slot_t, seen_t, layer.scaling)
+                o = torch.cat([o, o.new_zeros(pad, H, D)]) if pad else o
+            elif len(groups) == 1 and groups[0].identity and len(groups[0].q_rows) == T:
                 o = self._attend(li, groups[0], q, layer.scaling)
             else:
                 o = q.new_zeros(T, H, D)

@@ -1,0 +1,100 @@
+"""The C++ ragged-attention kernel (``aios/kernel/csrc/attention.cpp``): right against a float64
+softmax written here, and batch invariant by construction (a row's bits do not depend on the rows
+beside it, its slot, or the cache's capacity), in float32 and bfloat16.
+
+``scripts/install-system.sh`` installs g++ and ninja, so the kernel must build where the suite runs:
+these tests fail, rather than skip, when it does not.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aios.kernel import attention_cpu
+from aios.kernel.model_runner import Chunk, ModelRunner
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture(scope="module")
+def ext():
+    k = attention_cpu.kernel()
+    assert k is not None, "the C++ attention kernel did not build (g++ and ninja come from install-system.sh)"
+    return k
+
+
+def _cache(dtype, slots=6, kvh=2, cap=192, d=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(slots, kvh, cap, d, generator=g).to(dtype), torch.randn(slots, kvh, cap, d, generator=g).to(dtype))
+
+
+def _reference(q, kc, vc, slot, seen, scale):
+    """float64 softmax attention of each (row, head) over its slot's first ``seen`` keys."""
+    T, H, _ = q.shape
+    grp = H // kc.shape[1]
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for t in range(T):
+        for h in range(H):
+            k = kc[slot[t], h // grp, : seen[t]].double()
+            v = vc[slot[t], h // grp, : seen[t]].double()
+            out[t, h] = torch.softmax(k @ q[t, h].double() * scale, 0) @ v
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_float64_softmax(ext, dtype):
+    kc, vc = _cache(dtype)
+    q = torch.randn(5, 6, 32).to(dtype)
+    slot, seen = torch.tensor([3, 0, 5, 3, 1]), torch.tensor([1, 17, 192, 64, 100])
+    got = ext.ragged_attention(q, kc, vc, slot, seen, 0.17).double()
+    ref = _reference(q, kc, vc, slot, seen, 0.17)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the output is rounded to 8 bits of mantissa
+    assert (got - ref).abs().max().item() < tol
+    one_key = ext.ragged_attention(q[:1], kc, vc, slot[:1], seen[:1], 0.17)[0]  # softmax over one key is 1
+    assert torch.equal(one_key, vc[3, [0, 0, 0, 1, 1, 1], 0])  # heads 0-2 share KV head 0, 3-5 KV head 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_bits_do_not_depend_on_the_batch_slot_or_capacity(ext, dtype):
+    kc, vc = _cache(dtype)
+    q = torch.randn(5, 6, 32).to(dtype)
+    slot, seen = torch.tensor([3, 0, 5, 3, 1]), torch.tensor([1, 17, 192, 64, 100])
+    batch = ext.ragged_attention(q, kc, vc, slot, seen, 0.17)
+    for t in range(5):  # alone
+        alone = ext.ragged_attention(q[t : t + 1], kc, vc, slot[t : t + 1], seen[t : t + 1], 0.17)
+        assert torch.equal(alone[0], batch[t])
+    order = torch.tensor([4, 2, 0, 3, 1])  # reordered, with other neighbours
+    assert torch.equal(ext.ragged_attention(q[order], kc, vc, slot[order], seen[order], 0.17), batch[order])
+    # row 3 moved to another slot of a bigger cache (its keys copied, garbage everywhere else)
+    big_k, big_v = _cache(dtype, slots=9, cap=512, seed=1)
+    big_k[7, :, :192], big_v[7, :, :192] = kc[3], vc[3]
+    moved = ext.ragged_attention(q[3:4], big_k, big_v, torch.tensor([7]), seen[3:4], 0.17)
+    assert torch.equal(moved[0], batch[3])
+
+
+def test_bad_calls_are_refused(ext):
+    kc, vc = _cache(torch.float32)
+    q = torch.randn(1, 6, 32)
+    for slot, seen in ((6, 5), (0, 0), (0, 193), (-1, 3)):
+        with pytest.raises(RuntimeError, match="out of the cache"):
+            ext.ragged_attention(q, kc, vc, torch.tensor([slot]), torch.tensor([seen]), 1.0)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ext.ragged_attention(q.bfloat16(), kc, vc, torch.tensor([0]), torch.tensor([3]), 1.0)
+
+
+def test_runner_uses_it_and_agrees_with_the_eager_path(ext, tiny_lm):
+    """The runner picks the kernel on CPU; the eager chunked path computes the same greedy tokens."""
+    prompt = list(range(3, 40))
+    outs = []
+    for cpp in (True, False):
+        runner = ModelRunner(tiny_lm[0], 4, cpp_attention=cpp)
+        assert (runner.cpp is not None) == cpp
+        (slot,) = runner.alloc(1)
+        ids = list(prompt)
+        logits = runner.run([Chunk(slot, ids, 0)])
+        for _ in range(24):
+            ids.append(int(logits[0].argmax()))
+            logits = runner.run([Chunk(slot, ids[-1:], len(ids) - 1)])
+        outs.append(ids[len(prompt) :])
+    assert outs[0] == outs[1]
