@@ -1,6 +1,7 @@
-"""The C++ ragged-attention kernel (``aios/kernel/csrc/attention.cpp``): right against a float64
-softmax written here, and batch invariant by construction (a row's bits do not depend on the rows
-beside it, its slot, or the cache's capacity), in float32 and bfloat16.
+"""The C++ ragged-attention kernel (``aios/kernel/csrc/attention.cpp``): it writes the step's keys and
+values into the cache, then is right against a float64 softmax written here, and batch invariant by
+construction (a row's bits do not depend on the rows beside it, its slot, or the cache's capacity),
+in float32 and bfloat16.
 
 ``scripts/install-system.sh`` installs g++ and ninja, so the kernel must build where the suite runs:
 these tests fail, rather than skip, when it does not.
@@ -29,6 +30,15 @@ def _cache(dtype, slots=6, kvh=2, cap=192, d=32, seed=0):
     return (torch.randn(slots, kvh, cap, d, generator=g).to(dtype), torch.randn(slots, kvh, cap, d, generator=g).to(dtype))
 
 
+def _call(ext, q, kc, vc, slot, seen, scale):
+    """Attention of rows that see ``seen`` keys: each row's own key/value is the one at ``seen - 1``,
+    passed as the step's new k, v (rewritten with the value it already holds)."""
+    pos = seen - 1
+    k = torch.stack([kc[s, :, p] for s, p in zip(slot.tolist(), pos.tolist(), strict=True)])
+    v = torch.stack([vc[s, :, p] for s, p in zip(slot.tolist(), pos.tolist(), strict=True)])
+    return ext.ragged_attention(q, k, v, kc, vc, slot, pos, scale)
+
+
 def _reference(q, kc, vc, slot, seen, scale):
     """float64 softmax attention of each (row, head) over its slot's first ``seen`` keys."""
     T, H, _ = q.shape
@@ -47,11 +57,11 @@ def test_matches_float64_softmax(ext, dtype):
     kc, vc = _cache(dtype)
     q = torch.randn(5, 6, 32).to(dtype)
     slot, seen = torch.tensor([3, 0, 5, 3, 1]), torch.tensor([1, 17, 192, 64, 100])
-    got = ext.ragged_attention(q, kc, vc, slot, seen, 0.17).double()
+    got = _call(ext, q, kc, vc, slot, seen, 0.17).double()
     ref = _reference(q, kc, vc, slot, seen, 0.17)
     tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the output is rounded to 8 bits of mantissa
     assert (got - ref).abs().max().item() < tol
-    one_key = ext.ragged_attention(q[:1], kc, vc, slot[:1], seen[:1], 0.17)[0]  # softmax over one key is 1
+    one_key = _call(ext, q[:1], kc, vc, slot[:1], seen[:1], 0.17)[0]  # softmax over one key is 1
     assert torch.equal(one_key, vc[3, [0, 0, 0, 1, 1, 1], 0])  # heads 0-2 share KV head 0, 3-5 KV head 1
 
 
@@ -60,27 +70,42 @@ def test_row_bits_do_not_depend_on_the_batch_slot_or_capacity(ext, dtype):
     kc, vc = _cache(dtype)
     q = torch.randn(5, 6, 32).to(dtype)
     slot, seen = torch.tensor([3, 0, 5, 3, 1]), torch.tensor([1, 17, 192, 64, 100])
-    batch = ext.ragged_attention(q, kc, vc, slot, seen, 0.17)
+    batch = _call(ext, q, kc, vc, slot, seen, 0.17)
     for t in range(5):  # alone
-        alone = ext.ragged_attention(q[t : t + 1], kc, vc, slot[t : t + 1], seen[t : t + 1], 0.17)
+        alone = _call(ext, q[t : t + 1], kc, vc, slot[t : t + 1], seen[t : t + 1], 0.17)
         assert torch.equal(alone[0], batch[t])
     order = torch.tensor([4, 2, 0, 3, 1])  # reordered, with other neighbours
-    assert torch.equal(ext.ragged_attention(q[order], kc, vc, slot[order], seen[order], 0.17), batch[order])
+    assert torch.equal(_call(ext, q[order], kc, vc, slot[order], seen[order], 0.17), batch[order])
     # row 3 moved to another slot of a bigger cache (its keys copied, garbage everywhere else)
     big_k, big_v = _cache(dtype, slots=9, cap=512, seed=1)
     big_k[7, :, :192], big_v[7, :, :192] = kc[3], vc[3]
-    moved = ext.ragged_attention(q[3:4], big_k, big_v, torch.tensor([7]), seen[3:4], 0.17)
+    moved = _call(ext, q[3:4], big_k, big_v, torch.tensor([7]), seen[3:4], 0.17)
     assert torch.equal(moved[0], batch[3])
+
+
+def test_writes_the_new_rows_before_attending(ext):
+    """A prompt chunk's rows see each other's new keys: row 1 (position 1) attends to row 0's key too."""
+    kc, vc = torch.zeros(2, 1, 64, 16), torch.zeros(2, 1, 64, 16)
+    k, v = torch.randn(2, 1, 16), torch.randn(2, 1, 16)
+    q = torch.randn(2, 2, 16)
+    o = ext.ragged_attention(q, k, v, kc, vc, torch.tensor([1, 1]), torch.tensor([0, 1]), 0.25)
+    assert torch.equal(kc[1, 0, :2], k[:, 0]) and torch.equal(vc[1, 0, :2], v[:, 0])
+    assert not kc[0].any() and not kc[1, :, 2:].any()  # nothing else written
+    assert torch.equal(o[0], v[0, 0].expand(2, 16))  # position 0 sees only itself
+    ref = _reference(q[1:], kc, vc, torch.tensor([1]), torch.tensor([2]), 0.25)
+    assert (o[1].double() - ref[0]).abs().max() < 1e-6
 
 
 def test_bad_calls_are_refused(ext):
     kc, vc = _cache(torch.float32)
-    q = torch.randn(1, 6, 32)
-    for slot, seen in ((6, 5), (0, 0), (0, 193), (-1, 3)):
+    q, k = torch.randn(1, 6, 32), torch.randn(1, 2, 32)
+    before = kc.clone()
+    for slot, pos in ((6, 5), (0, 192), (-1, 3), (0, -1)):
         with pytest.raises(RuntimeError, match="out of the cache"):
-            ext.ragged_attention(q, kc, vc, torch.tensor([slot]), torch.tensor([seen]), 1.0)
+            ext.ragged_attention(q, k, k, kc, vc, torch.tensor([slot]), torch.tensor([pos]), 1.0)
     with pytest.raises(RuntimeError, match="one dtype"):
-        ext.ragged_attention(q.bfloat16(), kc, vc, torch.tensor([0]), torch.tensor([3]), 1.0)
+        ext.ragged_attention(q.bfloat16(), k, k, kc, vc, torch.tensor([0]), torch.tensor([3]), 1.0)
+    assert torch.equal(kc, before)  # a refused call wrote nothing
 
 
 def test_runner_uses_it_and_agrees_with_the_eager_path(ext, tiny_lm):

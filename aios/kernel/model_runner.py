@@ -140,7 +140,7 @@ class ModelRunner:
         pos_t = torch.tensor([p for c in chunks for p in range(c.start, c.end)] + [0] * pad, dtype=torch.long, device=dev)
         slot_t = torch.tensor([c.slot for c in chunks for _ in c.ids], dtype=torch.long, device=dev)
         groups = _groups(chunks, self, dev) if self.cpp is None else []
-        seen_t = pos_t[:n_real] + 1  # keys each real row attends to (C++ kernel)
+        pos_real = pos_t[:n_real]
         cos, sin = self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1)  # [T, 1, D]
         H, KVH, D = self.heads, self.kv_heads, self.head_dim
         x = self.model.model.embed_tokens(ids_t)
@@ -152,16 +152,7 @@ class ModelRunner:
                 qk = torch.cat([layer.q_norm(qk[:, :H]), layer.k_norm(qk[:, H:])], dim=1)
             qk = torch.addcmul(qk * cos, torch.roll(qk, D // 2, dims=-1), sin)
             q, k = qk[:, :H], qk[:, H:]
-            self.cache.put(li, slot_t, pos_t[:n_real], k[:n_real], v[:n_real])
-            if self.cpp is not None:
-                o = self.cpp.ragged_attention(q[:n_real], self.cache.keys[li], self.cache.values[li], slot_t, seen_t, layer.scaling)
-                o = torch.cat([o, o.new_zeros(pad, H, D)]) if pad else o
-            elif len(groups) == 1 and groups[0].identity and len(groups[0].q_rows) == T:
-                o = self._attend(li, groups[0], q, layer.scaling)
-            else:
-                o = q.new_zeros(T, H, D)
-                for g in groups:
-                    o[g.out_rows] = self._attend(li, g, q, layer.scaling)
+            o = self._attention(li, q, k, v, slot_t, pos_real, groups, layer.scaling)
             x = x + layer.o(o.reshape(T, H * D))
             gate, up = layer.gate_up(F.rms_norm(x, (x.shape[-1],), layer.w_post, layer.eps_post)).chunk(2, dim=-1)
             x = x + layer.down(layer.act(gate) * up)
@@ -170,6 +161,21 @@ class ModelRunner:
             x = x[torch.tensor(last + [0] * max(0, pad_to - len(last)), dtype=torch.long, device=dev)]
         logits = self.lm_head(self.model.model.norm(x))
         return logits[: len(chunks)].float()
+
+    def _attention(self, li: int, q, k, v, slot_t, pos, groups: list[_Group], scaling: float) -> torch.Tensor:
+        """Write the real rows' ``k, v`` into the cache, then every query row's attention ``[T, H, D]``."""
+        n, T = len(pos), q.shape[0]
+        if self.cpp is not None:  # the C++ kernel writes k, v itself
+            kc, vc = self.cache.keys[li], self.cache.values[li]
+            o = self.cpp.ragged_attention(q[:n], k[:n], v[:n], kc, vc, slot_t, pos, scaling)
+            return torch.cat([o, o.new_zeros(T - n, *o.shape[1:])]) if T > n else o
+        self.cache.put(li, slot_t, pos, k[:n], v[:n])
+        if len(groups) == 1 and groups[0].identity and len(groups[0].q_rows) == T:
+            return self._attend(li, groups[0], q, scaling)
+        o = q.new_zeros(T, self.heads, self.head_dim)
+        for g in groups:
+            o[g.out_rows] = self._attend(li, g, q, scaling)
+        return o
 
     def _attend(self, layer: int, g: _Group, q: torch.Tensor, scaling: float) -> torch.Tensor:
         R, Q = len(g.slots), g.q_len

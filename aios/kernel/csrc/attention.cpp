@@ -13,8 +13,10 @@
 // the same bits alone or in any batch, in a decode step or inside a prompt chunk. That is the
 // batch invariance the engine's exactness rests on, by construction rather than by measurement.
 //
-// Inputs: q [T, H, D] (float32 or bfloat16), key/value cache [S, KVH, cap, D] of the same dtype,
-// slot [T] and len [T] (int64: the row's slot and how many keys it sees). Output [T, H, D].
+// Inputs: q [T, H, D] and the step's new keys and values k, v [T, KVH, D] (float32 or bfloat16), the
+// key/value cache [S, KVH, cap, D] of the same dtype, slot [T] and pos [T] (int64: the row's slot and
+// position). The call first writes every row's k, v at (slot, pos), then row t attends to its slot's
+// keys [0, pos + 1). Output [T, H, D].
 // Accumulation is in float32. Rows are spread over threads with at::parallel_for.
 
 #include <torch/extension.h>
@@ -47,12 +49,13 @@ inline void store(at::BFloat16* p, vf v) {
 }
 inline vf splat(float x) { return vf{} + x; }
 
-// Sum of the 16 lanes in a fixed tree (8+8, 4+4, 2+2, 1+1).
+// Sum of the 16 lanes in a fixed tree (lane l += lane l+8, then l += l+4, l+2, l+1), in registers.
 inline float hsum(vf v) {
-  alignas(64) float f[kLanes]; std::memcpy(f, &v, sizeof v);
-  for (int w = kLanes / 2; w > 0; w /= 2)
-    for (int l = 0; l < w; ++l) f[l] += f[l + w];
-  return f[0];
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+  v += __builtin_shufflevector(v, v, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+  return v[0];
 }
 
 // exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2/2, 2^n from the exponent bits, exp(r) by a degree-6
@@ -70,96 +73,118 @@ inline vf vexp(vf x) {
   return p * scale;
 }
 
-// One (row, KV head): its ``grp`` query heads against keys [0, n) of its slot.
-template <typename T>
-void attend_one(const T* q, const T* kbase, const T* vbase, T* out, int64_t n, int64_t grp, int64_t D,
-                float scale, std::vector<float>& s) {
-  const int64_t nv = D / kLanes, padded = (n + kLanes - 1) / kLanes * kLanes;
-  s.assign(grp * padded, -INFINITY);
-  std::vector<vf> qv(grp * nv), acc(grp * nv, vf{});
-  for (int64_t h = 0; h < grp; ++h)
-    for (int64_t i = 0; i < nv; ++i) qv[h * nv + i] = load(q + h * D + i * kLanes);
+// One query head of one row against keys [0, n) of its slot. NV = head_dim / 16 is a compile-time
+// constant so that the query and the accumulator live in registers.
+template <typename T, int NV>
+void attend_head(const T* q, const T* kbase, const T* vbase, T* out, int64_t n, float scale, std::vector<float>& s) {
+  const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
+  s.resize(padded);
+  vf qv[NV];
+  for (int i = 0; i < NV; ++i) qv[i] = load(q + i * kLanes);
+  float mx = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {  // scores: q . k_j, lanes over head_dim, fixed tree
-    const T* k = kbase + j * D;
-    vf kv[8];
-    for (int64_t i = 0; i < nv; ++i) kv[i] = load(k + i * kLanes);
-    for (int64_t h = 0; h < grp; ++h) {
-      vf d = qv[h * nv] * kv[0];
-      for (int64_t i = 1; i < nv; ++i) d += qv[h * nv + i] * kv[i];
-      s[h * padded + j] = hsum(d) * scale;
-    }
+    const T* k = kbase + j * NV * kLanes;
+    vf d = qv[0] * load(k);
+    for (int i = 1; i < NV; ++i) d += qv[i] * load(k + i * kLanes);
+    const float sj = hsum(d) * scale;
+    s[j] = sj;
+    mx = sj > mx ? sj : mx;
   }
-  for (int64_t h = 0; h < grp; ++h) {
-    float* sh = s.data() + h * padded;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) mx = sh[j] > mx ? sh[j] : mx;
-    vf den = vf{};
-    for (int64_t j = 0; j < padded; j += kLanes) {  // e_j in place; lane l sums j = l (mod 16)
-      vf e = vexp(load(sh + j) - mx);
-      if (j + kLanes > n) {
-        alignas(64) float f[kLanes]; std::memcpy(f, &e, sizeof e);
-        for (int64_t l = n - j; l < kLanes; ++l) f[l] = 0.f;
-        std::memcpy(&e, f, sizeof e);
-      }
-      den += e;
-      store(sh + j, e);
+  for (int64_t j = n; j < padded; ++j) s[j] = mx;
+  vf den = vf{};
+  for (int64_t j = 0; j < padded; j += kLanes) {  // e_j in place; lane l sums j = l (mod 16)
+    vf e = vexp(load(s.data() + j) - mx);
+    if (j + kLanes > n) {
+      alignas(64) float f[kLanes];
+      std::memcpy(f, &e, sizeof e);
+      for (int64_t l = n - j; l < kLanes; ++l) f[l] = 0.f;
+      std::memcpy(&e, f, sizeof e);
     }
-    const float inv = 1.0f / hsum(den);
-    for (int64_t i = 0; i < nv; ++i) qv[h * nv + i] = splat(inv);  // reuse as 1/den
+    den += e;
+    store(s.data() + j, e);
   }
+  vf acc[NV] = {};
   for (int64_t j = 0; j < n; ++j) {  // o = sum_j e_j v_j, in key order, lanes over head_dim
-    const T* v = vbase + j * D;
-    vf vv[8];
-    for (int64_t i = 0; i < nv; ++i) vv[i] = load(v + i * kLanes);
-    for (int64_t h = 0; h < grp; ++h) {
-      const vf e = splat(s[h * padded + j]);
-      for (int64_t i = 0; i < nv; ++i) acc[h * nv + i] += e * vv[i];
-    }
+    const T* v = vbase + j * NV * kLanes;
+    const vf e = splat(s[j]);
+    for (int i = 0; i < NV; ++i) acc[i] += e * load(v + i * kLanes);
   }
-  for (int64_t h = 0; h < grp; ++h)
-    for (int64_t i = 0; i < nv; ++i) store(out + h * D + i * kLanes, acc[h * nv + i] * qv[h * nv + i]);
+  const vf inv = splat(1.0f / hsum(den));
+  for (int i = 0; i < NV; ++i) store(out + i * kLanes, acc[i] * inv);
 }
 
-template <typename T>
-void attend_rows(const T* q, const T* kc, const T* vc, const int64_t* slot, const int64_t* len, T* out,
-                 int64_t rows, int64_t H, int64_t KVH, int64_t D, int64_t cap, double scale) {
+template <typename T, int NV>
+void attend_rows_nv(const T* q, const T* kc, const T* vc, const int64_t* slot, const int64_t* len, T* out,
+                    int64_t rows, int64_t H, int64_t KVH, int64_t cap, float scale) {
+  constexpr int64_t D = NV * kLanes;
   const int64_t grp = H / KVH;
-  at::parallel_for(0, rows * KVH, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> s;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item / KVH, g = item % KVH;
-      const int64_t base = ((slot[t] * KVH + g) * cap) * D;
-      attend_one<T>(q + (t * H + g * grp) * D, kc + base, vc + base, out + (t * H + g * grp) * D, len[t], grp,
-                    D, static_cast<float>(scale), s);
+      const int64_t t = item / H, h = item % H;
+      const int64_t base = ((slot[t] * KVH + h / grp) * cap) * D;
+      attend_head<T, NV>(q + item * D, kc + base, vc + base, out + item * D, len[t], scale, s);
     }
   });
 }
 
+template <typename T>
+void attend_rows(const T* q, const T* kc, const T* vc, const int64_t* slot, const int64_t* len, T* out,
+                 int64_t rows, int64_t H, int64_t KVH, int64_t D, int64_t cap, double scale_d) {
+  const float scale = static_cast<float>(scale_d);
+  switch (D / kLanes) {
+    case 1: return attend_rows_nv<T, 1>(q, kc, vc, slot, len, out, rows, H, KVH, cap, scale);
+    case 2: return attend_rows_nv<T, 2>(q, kc, vc, slot, len, out, rows, H, KVH, cap, scale);
+    case 4: return attend_rows_nv<T, 4>(q, kc, vc, slot, len, out, rows, H, KVH, cap, scale);
+    case 8: return attend_rows_nv<T, 8>(q, kc, vc, slot, len, out, rows, H, KVH, cap, scale);
+    default: TORCH_CHECK(false, "head_dim must be 16, 32, 64 or 128");
+  }
+}
+
 }  // namespace
 
-torch::Tensor ragged_attention(torch::Tensor q, torch::Tensor kc, torch::Tensor vc, torch::Tensor slot,
-                               torch::Tensor len, double scale) {
-  TORCH_CHECK(q.dim() == 3 && kc.dim() == 4 && vc.sizes() == kc.sizes(), "q [T,H,D], cache [S,KVH,cap,D]");
-  TORCH_CHECK(q.scalar_type() == kc.scalar_type() && kc.scalar_type() == vc.scalar_type(), "one dtype");
+torch::Tensor ragged_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor kc, torch::Tensor vc,
+                               torch::Tensor slot, torch::Tensor pos, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && kc.dim() == 4 && vc.sizes() == kc.sizes() && v.sizes() == k.sizes(),
+              "q [T,H,D], k and v [T,KVH,D], cache [S,KVH,cap,D]");
+  const auto dt = q.scalar_type();
+  TORCH_CHECK(k.scalar_type() == dt && v.scalar_type() == dt && kc.scalar_type() == dt && vc.scalar_type() == dt,
+              "one dtype");
   TORCH_CHECK(kc.is_contiguous() && vc.is_contiguous(), "contiguous cache");
-  TORCH_CHECK(slot.scalar_type() == at::kLong && len.scalar_type() == at::kLong, "int64 slot and len");
+  TORCH_CHECK(slot.scalar_type() == at::kLong && pos.scalar_type() == at::kLong, "int64 slot and pos");
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2), KVH = kc.size(1), cap = kc.size(2);
-  TORCH_CHECK(D % 16 == 0 && D <= 128, "head_dim a multiple of 16, at most 128");
-  TORCH_CHECK(kc.size(3) == D && H % KVH == 0 && slot.numel() == T && len.numel() == T, "shapes");
-  auto qc = q.contiguous();
-  auto sl = slot.contiguous(), ln = len.contiguous();
-  const int64_t* lp = ln.data_ptr<int64_t>();
+  TORCH_CHECK(D == 16 || D == 32 || D == 64 || D == 128, "head_dim must be 16, 32, 64 or 128");
+  TORCH_CHECK(kc.size(3) == D && H % KVH == 0 && slot.numel() == T && pos.numel() == T && k.size(0) == T &&
+                  k.size(1) == KVH && k.size(2) == D,
+              "shapes");
+  auto qc = q.contiguous(), kn = k.contiguous(), vn = v.contiguous();
+  auto sl = slot.contiguous(), ps = pos.contiguous();
+  const int64_t* pp = ps.data_ptr<int64_t>();
   const int64_t* sp = sl.data_ptr<int64_t>();
   for (int64_t t = 0; t < T; ++t)
-    TORCH_CHECK(lp[t] >= 1 && lp[t] <= cap && sp[t] >= 0 && sp[t] < kc.size(0), "row out of the cache");
+    TORCH_CHECK(pp[t] >= 0 && pp[t] < cap && sp[t] >= 0 && sp[t] < kc.size(0), "row out of the cache");
+  std::vector<int64_t> len(T);
+  for (int64_t t = 0; t < T; ++t) len[t] = pp[t] + 1;
   auto out = torch::empty_like(qc);
-  if (q.scalar_type() == at::kFloat) {
-    attend_rows<float>(qc.data_ptr<float>(), kc.data_ptr<float>(), vc.data_ptr<float>(), sp, lp,
+  // First every new token's key and value into its slot (a prompt chunk's rows see each other's), then attention.
+  const int64_t esz = kc.element_size(), row = D * esz;
+  auto* kb = static_cast<char*>(kc.data_ptr());
+  auto* vb = static_cast<char*>(vc.data_ptr());
+  const auto* kt = static_cast<const char*>(kn.data_ptr());
+  const auto* vt = static_cast<const char*>(vn.data_ptr());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t g = 0; g < KVH; ++g) {
+      const int64_t at = ((sp[t] * KVH + g) * cap + pp[t]) * row;
+      std::memcpy(kb + at, kt + (t * KVH + g) * row, row);
+      std::memcpy(vb + at, vt + (t * KVH + g) * row, row);
+    }
+  if (dt == at::kFloat) {
+    attend_rows<float>(qc.data_ptr<float>(), kc.data_ptr<float>(), vc.data_ptr<float>(), sp, len.data(),
                        out.data_ptr<float>(), T, H, KVH, D, cap, scale);
-  } else if (q.scalar_type() == at::kBFloat16) {
+  } else if (dt == at::kBFloat16) {
     attend_rows<at::BFloat16>(qc.data_ptr<at::BFloat16>(), kc.data_ptr<at::BFloat16>(),
-                              vc.data_ptr<at::BFloat16>(), sp, lp, out.data_ptr<at::BFloat16>(), T, H, KVH,
-                              D, cap, scale);
+                              vc.data_ptr<at::BFloat16>(), sp, len.data(), out.data_ptr<at::BFloat16>(), T, H,
+                              KVH, D, cap, scale);
   } else {
     TORCH_CHECK(false, "float32 or bfloat16");
   }
@@ -167,5 +192,5 @@ torch::Tensor ragged_attention(torch::Tensor q, torch::Tensor kc, torch::Tensor 
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("ragged_attention", &ragged_attention, "ragged attention over the slot KV cache (fixed order per row)");
+  m.def("ragged_attention", &ragged_attention, "write the step's keys/values into the slot KV cache, then ragged attention (fixed order per row)");
 }
