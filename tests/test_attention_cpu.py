@@ -83,6 +83,22 @@ def test_row_bits_do_not_depend_on_the_batch_slot_or_capacity(ext, dtype):
     assert torch.equal(moved[0], batch[3])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prompt_chunk_rows_equal_the_same_rows_alone(ext, dtype):
+    """Consecutive positions of one slot are attended together (each key loaded once per tile); each
+    row must still get exactly the bits it gets as a lone decode row."""
+    kc, vc = _cache(dtype, cap=256)
+    n = 11  # tiles of 4, 4 and 3 rows
+    q = torch.randn(n + 2, 6, 32).to(dtype)
+    slot = torch.tensor([2] * n + [4, 2])  # then a row of another slot, and a non-consecutive one
+    seen = torch.tensor(list(range(90, 90 + n)) + [30, 200])
+    chunk = _call(ext, q, kc, vc, slot, seen, 0.17)
+    for t in range(n + 2):
+        assert torch.equal(chunk[t], _call(ext, q[t : t + 1], kc, vc, slot[t : t + 1], seen[t : t + 1], 0.17)[0]), t
+    ref = _reference(q, kc, vc, slot, seen, 0.17)
+    assert (chunk.double() - ref).abs().max().item() < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
 def test_writes_the_new_rows_before_attending(ext):
     """A prompt chunk's rows see each other's new keys: row 1 (position 1) attends to row 0's key too."""
     kc, vc = torch.zeros(2, 1, 64, 16), torch.zeros(2, 1, 64, 16)

@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -73,27 +74,14 @@ inline vf vexp(vf x) {
   return p * scale;
 }
 
-// One query head of one row against keys [0, n) of its slot. NV = head_dim / 16 is a compile-time
-// constant so that the query and the accumulator live in registers.
-template <typename T, int NV>
-void attend_head(const T* q, const T* kbase, const T* vbase, T* out, int64_t n, float scale, std::vector<float>& s) {
+// exp(s_j - max) in place for j < n (zero past n, up to the next multiple of 16); returns the 16 lane
+// sums of the denominator, lane l summing j = l (mod 16) in key order.
+inline vf softmax_numerators(float* s, int64_t n, float mx) {
   const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
-  s.resize(padded);
-  vf qv[NV];
-  for (int i = 0; i < NV; ++i) qv[i] = load(q + i * kLanes);
-  float mx = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {  // scores: q . k_j, lanes over head_dim, fixed tree
-    const T* k = kbase + j * NV * kLanes;
-    vf d = qv[0] * load(k);
-    for (int i = 1; i < NV; ++i) d += qv[i] * load(k + i * kLanes);
-    const float sj = hsum(d) * scale;
-    s[j] = sj;
-    mx = sj > mx ? sj : mx;
-  }
   for (int64_t j = n; j < padded; ++j) s[j] = mx;
   vf den = vf{};
-  for (int64_t j = 0; j < padded; j += kLanes) {  // e_j in place; lane l sums j = l (mod 16)
-    vf e = vexp(load(s.data() + j) - mx);
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    vf e = vexp(load(s + j) - mx);
     if (j + kLanes > n) {
       alignas(64) float f[kLanes];
       std::memcpy(f, &e, sizeof e);
@@ -101,29 +89,90 @@ void attend_head(const T* q, const T* kbase, const T* vbase, T* out, int64_t n, 
       std::memcpy(&e, f, sizeof e);
     }
     den += e;
-    store(s.data() + j, e);
+    store(s + j, e);
   }
-  vf acc[NV] = {};
-  for (int64_t j = 0; j < n; ++j) {  // o = sum_j e_j v_j, in key order, lanes over head_dim
+  return den;
+}
+
+// One query head of ``nb`` <= NB consecutive rows of one sequence (positions p, p+1, ...: row b sees
+// keys [0, n0 + b)) against its slot's keys. Each key and value is loaded once for the whole tile;
+// every row's arithmetic is exactly what it would be alone (nb = 1): same products, same tree, same
+// order over keys. NV = head_dim / 16 and NB are compile-time constants so that the queries and the
+// accumulators live in registers.
+template <typename T, int NV, int NB>
+void attend_tile(const T* const* q, const T* kbase, const T* vbase, T* const* out, int nb, int64_t n0, float scale,
+                 std::vector<float>& s) {
+  const int64_t nmax = n0 + nb - 1, stride = (nmax + kLanes - 1) / kLanes * kLanes;
+  s.resize(NB * stride);
+  vf qv[NB][NV];
+  float mx[NB];
+  for (int b = 0; b < NB; ++b) {
+    mx[b] = -INFINITY;
+    if (b < nb)
+      for (int i = 0; i < NV; ++i) qv[b][i] = load(q[b] + i * kLanes);
+  }
+  for (int64_t j = 0; j < nmax; ++j) {  // scores: q . k_j, lanes over head_dim, fixed tree
+    const T* k = kbase + j * NV * kLanes;
+    vf kv[NV];
+    for (int i = 0; i < NV; ++i) kv[i] = load(k + i * kLanes);
+    for (int b = 0; b < NB; ++b) {
+      if (b >= nb || j >= n0 + b) continue;
+      vf d = qv[b][0] * kv[0];
+      for (int i = 1; i < NV; ++i) d += qv[b][i] * kv[i];
+      const float sj = hsum(d) * scale;
+      s[b * stride + j] = sj;
+      mx[b] = sj > mx[b] ? sj : mx[b];
+    }
+  }
+  vf inv[NB];
+  for (int b = 0; b < nb; ++b) inv[b] = splat(1.0f / hsum(softmax_numerators(s.data() + b * stride, n0 + b, mx[b])));
+  vf acc[NB][NV] = {};
+  for (int64_t j = 0; j < nmax; ++j) {  // o = sum_j e_j v_j, in key order, lanes over head_dim
     const T* v = vbase + j * NV * kLanes;
-    const vf e = splat(s[j]);
-    for (int i = 0; i < NV; ++i) acc[i] += e * load(v + i * kLanes);
+    vf vv[NV];
+    for (int i = 0; i < NV; ++i) vv[i] = load(v + i * kLanes);
+    for (int b = 0; b < NB; ++b) {
+      if (b >= nb || j >= n0 + b) continue;
+      const vf e = splat(s[b * stride + j]);
+      for (int i = 0; i < NV; ++i) acc[b][i] += e * vv[i];
+    }
   }
-  const vf inv = splat(1.0f / hsum(den));
-  for (int i = 0; i < NV; ++i) store(out + i * kLanes, acc[i] * inv);
+  for (int b = 0; b < nb; ++b)
+    for (int i = 0; i < NV; ++i) store(out[b] + i * kLanes, acc[b][i] * inv[b]);
 }
 
 template <typename T, int NV>
 void attend_rows_nv(const T* q, const T* kc, const T* vc, const int64_t* slot, const int64_t* len, T* out,
                     int64_t rows, int64_t H, int64_t KVH, int64_t cap, float scale) {
   constexpr int64_t D = NV * kLanes;
+  constexpr int NB = NV >= 8 ? 2 : 4;  // rows per tile: NB * NV accumulators fit the 32 vector registers
   const int64_t grp = H / KVH;
-  at::parallel_for(0, rows * H, 1, [&](int64_t begin, int64_t end) {
+  std::vector<std::pair<int64_t, int>> tiles;  // (first row, rows): consecutive positions of one slot
+  for (int64_t t = 0; t < rows;) {
+    int nb = 1;
+    while (nb < NB && t + nb < rows && slot[t + nb] == slot[t] && len[t + nb] == len[t] + nb) ++nb;
+    tiles.emplace_back(t, nb);
+    t += nb;
+  }
+  // A prompt's later tiles see more keys: order them first, last, second, second to last... so that
+  // parallel_for's contiguous ranges get about equal work.
+  const int64_t n_tiles = static_cast<int64_t>(tiles.size());
+  std::vector<std::pair<int64_t, int>> order(n_tiles);
+  for (int64_t i = 0; i < n_tiles; ++i) order[i] = tiles[i % 2 ? n_tiles - 1 - i / 2 : i / 2];
+  tiles.swap(order);
+  at::parallel_for(0, n_tiles * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> s;
+    const T* qs[NB];
+    T* os[NB];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item / H, h = item % H;
-      const int64_t base = ((slot[t] * KVH + h / grp) * cap) * D;
-      attend_head<T, NV>(q + item * D, kc + base, vc + base, out + item * D, len[t], scale, s);
+      const auto [t0, nb] = tiles[item / H];
+      const int64_t h = item % H;
+      const int64_t base = ((slot[t0] * KVH + h / grp) * cap) * D;
+      for (int b = 0; b < nb; ++b) {
+        qs[b] = q + ((t0 + b) * H + h) * D;
+        os[b] = out + ((t0 + b) * H + h) * D;
+      }
+      attend_tile<T, NV, NB>(qs, kc + base, vc + base, os, nb, len[t0], scale, s);
     }
   });
 }
