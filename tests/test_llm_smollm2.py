@@ -58,3 +58,26 @@ def test_smollm2_suspended_answer_equals_uninterrupted(smollm2):
         busy.run_until_idle()
         assert mixed[-1].result.preemptions > 0
         assert mixed[-1].result.token_ids == solo_c.result.token_ids, kw
+
+
+def test_smollm2_decode_row_alone_equals_beside_a_long_prompt(smollm2):
+    """A decode row's logits have the same bits alone as beside a 600-token prompt chunk in one forward,
+    on the real model in its default dtype. Random-data probes of one row missed that oneDNN's one-row
+    kernel rounds some sums differently from its many-row kernel (the runner now pads to 2 rows here);
+    SmolLM2's own activations hit it within a few layers."""
+    import random
+
+    import torch
+
+    from aios.kernel.model_runner import Chunk, ModelRunner
+
+    model, _ = smollm2
+    runner = ModelRunner(model, 4)
+    rng = random.Random(0)
+    ids = [rng.randrange(100, 40000) for _ in range(700)]
+    a, b, c = runner.alloc(3)
+    runner.run([Chunk(a, ids, 0)])
+    runner.run([Chunk(b, ids, 0)])
+    alone = runner.run([Chunk(a, [5], 700)])[0]
+    beside = runner.run([Chunk(b, [5], 700), Chunk(c, ids[:600], 0)])[0]
+    assert torch.equal(alone, beside)

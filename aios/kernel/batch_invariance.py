@@ -9,8 +9,8 @@ the runner's default in fp32 on CPU) is stable from 1 row; bf16 ``F.linear`` was
 row. Attention's batched matmuls (MKL) are stable from 4 rows. Rather than hard-code any of that,
 ``stable_rows`` measures it once per (shapes, dtype, device, packing, thread count) with random
 data (kernel choice depends on shapes, not values): for the weight matmuls and for attention
-separately, the smallest ``m`` such that every tested row count ``>= m`` gives row 0 the same
-bits. The runner pads a forward's rows to the first and each attention call's query rows to the
+separately, the smallest ``m`` such that every tested row count ``>= m`` gives the first ``ROWS``
+rows the same bits. The runner pads a forward's rows to the first and each attention call's query rows to the
 second, so a lone agent computes one row where the weights allow it.
 
 ``None`` means no such ``m`` up to the largest count tried (e.g. a GPU BLAS that splits K by
@@ -29,6 +29,12 @@ from aios.kernel.linear import Linear
 
 CANDIDATES = (1, 2, 4, 8, 16)
 PROBES = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 257)
+# Rows compared at each count. Not row 0 alone: oneDNN's bf16 kernel for one row and the one for
+# several differ only where the fp32 sum sits exactly between two bf16 values (measured on an
+# AVX512-BF16 EPYC: SmolLM2's down projection, 169 of 2,000 random rows got other bits alone than
+# in a batch; the real model's residual stream hits it within a few layers). One random row
+# misses that nine times in ten; 128 rows essentially never.
+ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,13 @@ def _first_stable(got: dict[int, bytes]) -> int:
     return first if first != counts[-1] else 10**9
 
 
+def _rows(lin: Linear, x: torch.Tensor, m: int, rows: int) -> torch.Tensor:
+    """The first ``rows`` rows of ``lin(x)``, computed in calls of ``m`` rows each."""
+    if m >= rows:
+        return lin(x[:m])[:rows]
+    return torch.cat([lin(x[o : o + m]) for o in range(0, rows, m)])[:rows]
+
+
 def _candidate(stable_from: int) -> int | None:
     return next((c for c in CANDIDATES if c >= stable_from), None)
 
@@ -59,9 +72,11 @@ def _measure(shapes: tuple[tuple[int, int], ...], head_dim: int, dtype, device: 
     with torch.inference_mode():
         for n, k in shapes:
             lin = Linear(torch.randn(n, k, generator=gen).to(device=device, dtype=dtype), pack=pack)
-            counts = PROBES if n * k <= 4_000_000 else tuple(p for p in PROBES if p <= 33)
-            x = torch.randn(max(counts), k, generator=gen).to(device=device, dtype=dtype)
-            got = {m: lin(x[:m])[0].float().cpu().numpy().tobytes() for m in counts}
+            small = n * k <= 4_000_000  # an LM head: fewer counts and rows (each call reads ~100 MB)
+            counts = PROBES if small else tuple(p for p in PROBES if p <= 33)
+            rows = ROWS if small else max(1, ROWS // 4)
+            x = torch.randn(max(counts) + rows, k, generator=gen).to(device=device, dtype=dtype)
+            got = {m: _rows(lin, x, m, rows).float().cpu().numpy().tobytes() for m in counts}
             linear_from = max(linear_from, _first_stable(got))
         # attention's batched matmuls: [M, D] @ [D, CHUNK] (scores) and [M, CHUNK] @ [CHUNK, D] (values)
         attention_from = 1
