@@ -5,10 +5,11 @@ any size. A GEMM's row result depends only on that row *if the library picks the
 reduction order for every row count*. Measured on this project's CPUs (torch 2.13): fp32
 ``F.linear`` (MKL) gives one result for 1 row, another for 2-3 rows, and a single stable result
 for every row count from 4 up to thousands; oneDNN with a pre-packed weight (``linear.Linear``,
-the runner's default in fp32 on CPU) is stable from 1 row; bf16 ``F.linear`` was stable from 1
-row. Attention's batched matmuls (MKL) are stable from 4 rows. Rather than hard-code any of that,
-``stable_rows`` measures it once per (shapes, dtype, device, packing, thread count) with random
-data (kernel choice depends on shapes, not values): for the weight matmuls and for attention
+the runner's default on CPU) was stable from 1 row on the AVX2 and AMX machines, and from 2 rows
+on an AVX512-BF16 EPYC (see ``ROWS``). Attention's batched matmuls (MKL) are stable from 4 rows.
+Rather than hard-code any of that, ``stable_rows`` measures it once per (shapes, dtype, device,
+packing, thread count) with random data (the kernel is chosen by shapes; values only decide
+whether a difference in rounding shows, hence many rows): for the weight matmuls and for attention
 separately, the smallest ``m`` such that every tested row count ``>= m`` gives the first ``ROWS``
 rows the same bits. The runner pads a forward's rows to the first and each attention call's query rows to the
 second, so a lone agent computes one row where the weights allow it.

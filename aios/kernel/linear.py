@@ -16,8 +16,9 @@ same ``Linear``, so a device where this does not hold falls back to padding (or 
 
 bf16 on a CPU with native bf16 dot products (AVX512-BF16 or AMX) packs the same way: measured on an
 AVX512-BF16 EPYC (no AMX), all of SmolLM2's matmuls for one row take 11.5 ms packed against 31.7 ms
-with ``F.linear`` (1 thread), and every row gets the same bits as ``F.linear`` gives it, for every
-row count from 1 to 257.
+with ``F.linear`` (1 thread), and a row gets the same bits as ``F.linear`` gives it. There oneDNN's
+one-row kernel rounds some sums differently from its many-row one (in fp32 too), which
+``batch_invariance`` finds, and the runner pads a lone row to 2.
 
 Packing applies to fp32, and to bf16 where oneDNN has native bf16, on CPU with oneDNN present;
 everything else (GPUs, a torch without oneDNN) uses ``F.linear`` on the plain weight. The packed copy is the runner's own: the model's

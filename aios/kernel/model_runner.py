@@ -13,7 +13,7 @@ without sliding window, Qwen2, Qwen3) — SmolLM2 is a Llama.
 A step's tokens are one flat batch of ``T`` rows for every matmul. Exactness (a request's tokens
 do not depend on who shares its steps, see ``attention`` and ``batch_invariance``): every row-wise
 op gives a row the same bits for any row count ``>= min_rows``, so the flat batch is padded to
-``min_rows`` (1 on CPU in fp32 and bf16 with ``linear``'s packed weights, 4 with plain ``F.linear``)
+``min_rows`` (on CPU with ``linear``'s packed weights 1 or 2 rows, as measured; 4 with plain ``F.linear``)
 and, on the eager path, every attention call's query rows to ``attn_rows``, not to ``max_batch_size``. If this
 device has no such row counts, ``fixed_rows`` mode runs decode steps at ``max_rows`` rows and each
 prompt in a forward of its own, as before.
