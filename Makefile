@@ -25,8 +25,8 @@ system:
 	bash scripts/install-system.sh
 
 install: system $(STAMP)
-	# the LLM core's C++ attention kernel: built once per machine (about a minute), cached by torch
-	$(PY) -m aios.kernel.attention_cpu
+	# the LLM core's C++ kernels (attention, linear): built once per machine (a minute or two), cached by torch
+	$(PY) -m aios.kernel.cpp_kernels
 
 sched-setup: install
 	$(VENV)/bin/aios sched setup

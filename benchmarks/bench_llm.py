@@ -82,6 +82,9 @@ def _timed(fn):
 # =============================================================================================
 
 
+BF16_WEIGHTS = "float32, bf16 weights"
+
+
 def worker_aios(spec: dict) -> dict:
     import torch
 
@@ -89,10 +92,12 @@ def worker_aios(spec: dict) -> dict:
     import aios
 
     out: dict = {"system": "aios", "version": aios.__version__, "rows": [], "ttft": [], "config": {}}
-    for dtype in spec["dtypes"]:
+    # fp32 also with bf16-valued weights (``KernelConfig.weights``): fp32 arithmetic, half the bytes per step
+    for dtype in spec["dtypes"] + ([BF16_WEIGHTS] if "float32" in spec["dtypes"] else []):
         cfg = dict(
             model="smollm2",
-            dtype=dtype,
+            dtype="float32" if dtype == BF16_WEIGHTS else dtype,
+            weights="bfloat16" if dtype == BF16_WEIGHTS else "as_loaded",
             device="cpu",
             scheduler="fifo",
             max_batch_size=spec["max_batch_size"],

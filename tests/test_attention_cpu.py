@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aios.kernel import attention_cpu
+from aios.kernel import cpp_kernels
 from aios.kernel.model_runner import Chunk, ModelRunner
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -20,7 +20,7 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 @pytest.fixture(scope="module")
 def ext():
-    k = attention_cpu.kernel()
+    k = cpp_kernels.attention()
     assert k is not None, "the C++ attention kernel did not build (g++ and ninja come from install-system.sh)"
     return k
 

@@ -30,6 +30,13 @@ class KernelConfig(BaseModel):
         description="'auto' (bf16 where the CPU has AMX/AVX512-BF16 or on a GPU, else float32), "
         "'float32', 'bfloat16', ...",
     )
+    weights: Literal["as_loaded", "bfloat16"] = Field(
+        "as_loaded",
+        description="'bfloat16': round a float32 model's weights to bf16 values at load. Arithmetic stays "
+        "float32; the CPU matmul then stores them in bf16, halving the bytes a decode step reads "
+        "(about 1.7x a lone agent's tokens/s on a 2-core AVX2 EPYC). The model is the rounded one for "
+        "every caller, so outputs stay exact against it",
+    )
     scheduler: Literal["fifo", "rr", "priority", "sjf", "las"] = "rr"
     quantum: int = Field(
         8, ge=1, description="round-robin time slice, in generated tokens; las: the service of its first level"

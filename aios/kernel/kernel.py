@@ -66,7 +66,7 @@ def build_llm_core(config: KernelConfig) -> LLMCore:
     from aios.kernel.engine import LLMEngine
     from aios.kernel.llm import load_model
 
-    model, tokenizer = load_model(config.model, config.device, config.dtype, config.cache_dir)
+    model, tokenizer = load_model(config.model, config.device, config.dtype, config.cache_dir, weights=config.weights)
     return LLMEngine(model, tokenizer, config)
 
 

@@ -3,7 +3,7 @@
 The runner calls the model's parts itself (embedding, decoder layers' norms, projections and MLPs,
 final norm, LM head) instead of ``model(...)``: the KV cache is the engine's ``SlotKVCache``, not
 a transformers ``Cache``. Attention is one call per layer for every row of the step, prompt and
-decode alike: on CPU the C++ kernel of ``attention_cpu`` (each row reads its own slot's keys in a
+decode alike: on CPU the C++ kernel of ``cpp_kernels`` (each row reads its own slot's keys in a
 fixed order: no gather, no padding, batch invariant by construction; at 32 decode rows it made
 the bf16 step ~1.7x faster than the eager path); elsewhere (GPUs, no compiler) the eager
 ``attention.ragged_attention``, one batched call for the decode rows plus one for the prompt
@@ -12,9 +12,12 @@ without sliding window, Qwen2, Qwen3) — SmolLM2 is a Llama.
 
 A step's tokens are one flat batch of ``T`` rows for every matmul. Exactness (a request's tokens
 do not depend on who shares its steps, see ``attention`` and ``batch_invariance``): every row-wise
-op gives a row the same bits for any row count ``>= min_rows``, so the flat batch is padded to
-``min_rows`` (on CPU with ``linear``'s packed weights 1 or 2 rows, as measured; 4 with plain ``F.linear``)
-and, on the eager path, every attention call's query rows to ``attn_rows``, not to ``max_batch_size``. If this
+op gives a row the same bits for any row count ``>= min_rows``. For fp32 on CPU, everything is in C++
+with one fixed order per row (``cpp_kernels``: the weight matmuls of ``linear.cpp``, attention, and the
+row-wise glue of ``rowwise.cpp``, i.e. residual add + RMSNorm, rotary embedding, SiLU-gated product),
+so ``min_rows`` is 1 by construction and a lone agent computes one row. Elsewhere the flat batch is
+padded to ``min_rows`` as measured (oneDNN's packed bf16: 1 or 2 rows; 4 with plain ``F.linear``)
+and, on the eager attention path, every attention call's query rows to ``attn_rows``. If this
 device has no such row counts, ``fixed_rows`` mode runs decode steps at ``max_rows`` rows and each
 prompt in a forward of its own, as before.
 
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aios.kernel import attention_cpu
+from aios.kernel import cpp_kernels
 from aios.kernel.attention import CHUNK, attention_bias, blocked_attention, padded_len, query_blocks
 from aios.kernel.batch_invariance import StableRows, stable_rows
 from aios.kernel.kv_cache import SlotKVCache
@@ -79,7 +82,17 @@ class ModelRunner:
         )
         self.free_slots: list[int] = list(range(max_rows))
         # The C++ kernel attends each row alone in a fixed order: no padding rows, no gathers.
-        self.cpp = attention_cpu.kernel() if cpp_attention and attention_cpu.usable(self.device, self.dtype) else None
+        self.cpp = cpp_kernels.attention() if cpp_attention and cpp_kernels.attention_usable(self.device, self.dtype) else None
+        # The row-wise glue in C++ too where the whole layer is on the fixed-order path (fp32 CPU
+        # matmuls in ``linear.cpp``, Llama's SiLU MLP, no Qwen3 q/k norms): one call per op, not eight.
+        self.ops = (
+            cpp_kernels.rowwise()
+            if self.cpp is not None
+            and all(lin.backend == "cpp" for lin in self.layers[0].linears())
+            and getattr(cfg, "hidden_act", None) == "silu"
+            and self.layers[0].q_norm is None
+            else None
+        )
         shapes = [lin.shape for lin in self.layers[0].linears()] + [self.lm_head.shape]
         stable = stable_rows(shapes, self.dtype, self.device, self.head_dim) if batch_invariant else None
         if stable is not None and self.cpp is not None:
@@ -141,26 +154,53 @@ class ModelRunner:
         slot_t = torch.tensor([c.slot for c in chunks for _ in c.ids], dtype=torch.long, device=dev)
         groups = _groups(chunks, self, dev) if self.cpp is None else []
         pos_real = pos_t[:n_real]
-        cos, sin = self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1)  # [T, 1, D]
-        H, KVH, D = self.heads, self.kv_heads, self.head_dim
+        H, D = self.heads, self.head_dim
         x = self.model.model.embed_tokens(ids_t)
+        delta = None  # what the previous sublayer adds to the residual stream x
         for li, layer in enumerate(self.layers):
-            qkv = layer.qkv(F.rms_norm(x, (x.shape[-1],), layer.w_in, layer.eps_in))
-            qk = qkv[:, : (H + KVH) * D].view(T, H + KVH, D)
-            v = qkv[:, (H + KVH) * D :].view(T, KVH, D)
-            if layer.q_norm is not None:  # Qwen3
-                qk = torch.cat([layer.q_norm(qk[:, :H]), layer.k_norm(qk[:, H:])], dim=1)
-            qk = torch.addcmul(qk * cos, torch.roll(qk, D // 2, dims=-1), sin)
-            q, k = qk[:, :H], qk[:, H:]
+            x, h = self._add_norm(x, delta, layer.w_in, layer.eps_in)
+            q, k, v = self._rope(layer.qkv(h), layer, pos_t)
             o = self._attention(li, q, k, v, slot_t, pos_real, groups, layer.scaling)
-            x = x + layer.o(o.reshape(T, H * D))
-            gate, up = layer.gate_up(F.rms_norm(x, (x.shape[-1],), layer.w_post, layer.eps_post)).chunk(2, dim=-1)
-            x = x + layer.down(layer.act(gate) * up)
+            x, h = self._add_norm(x, layer.o(o.reshape(T, H * D)), layer.w_post, layer.eps_post)
+            delta = layer.down(self._gated(layer, layer.gate_up(h)))
+        if self.ops is not None:
+            h = self.ops.add_rms_norm(x, delta, self.model.model.norm.weight, self.model.model.norm.variance_epsilon)
+        else:
+            h = self.model.model.norm(x + delta)
         last = [n - 1 for n in itertools.accumulate(len(c.ids) for c in chunks)]
         if last != list(range(len(chunks))) or len(chunks) < pad_to:
-            x = x[torch.tensor(last + [0] * max(0, pad_to - len(last)), dtype=torch.long, device=dev)]
-        logits = self.lm_head(self.model.model.norm(x))
+            h = h[torch.tensor(last + [0] * max(0, pad_to - len(last)), dtype=torch.long, device=dev)]
+        logits = self.lm_head(h)
         return logits[: len(chunks)].float()
+
+    # -- the row-wise glue: one C++ call each where ``self.ops``, else torch ----------------------------
+    def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, w: torch.Tensor, eps: float):
+        """The residual stream ``x + delta`` and its RMSNorm (``x`` is updated in place on the C++ path)."""
+        if self.ops is not None:
+            return x, self.ops.add_rms_norm(x, delta, w, eps)
+        x = x if delta is None else x + delta
+        return x, F.rms_norm(x, (x.shape[-1],), w, eps)
+
+    def _rope(self, qkv: torch.Tensor, layer: FusedLayer, pos_t: torch.Tensor):
+        """``q [T, H, D], k, v [T, KVH, D]`` of fused qkv rows, rotary embedding applied to q and k
+        (Qwen3's q/k norms first)."""
+        H, KVH, D, T = self.heads, self.kv_heads, self.head_dim, qkv.shape[0]
+        v = qkv[:, (H + KVH) * D :].view(T, KVH, D)
+        if self.ops is not None:
+            self.ops.rope_(qkv, H + KVH, D, self.cos, self.sin, pos_t)
+            return qkv[:, : H * D].view(T, H, D), qkv[:, H * D : (H + KVH) * D].view(T, KVH, D), v
+        qk = qkv[:, : (H + KVH) * D].view(T, H + KVH, D)
+        if layer.q_norm is not None:  # Qwen3
+            qk = torch.cat([layer.q_norm(qk[:, :H]), layer.k_norm(qk[:, H:])], dim=1)
+        cos, sin = self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1)  # [T, 1, D]
+        qk = torch.addcmul(qk * cos, torch.roll(qk, D // 2, dims=-1), sin)
+        return qk[:, :H], qk[:, H:], v
+
+    def _gated(self, layer: FusedLayer, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.ops is not None:
+            return self.ops.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return layer.act(gate) * up
 
     def _attention(self, li: int, q, k, v, slot_t, pos, groups: list[_Group], scaling: float) -> torch.Tensor:
         """Write the real rows' ``k, v`` into the cache, then every query row's attention ``[T, H, D]``."""

@@ -22,6 +22,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "vec.h"
+
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -29,50 +31,7 @@
 
 namespace {
 
-// 16 floats, lane-wise arithmetic (GCC/Clang vector extension): one AVX-512 register, or two AVX2
-// ones, or four SSE ones. Results do not depend on which: every operation is per lane.
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-
-inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline vf load(const at::BFloat16* p) {  // bf16 -> f32 is exact: the bits move up by 16
-  vh h; std::memcpy(&h, p, sizeof h);
-  vu u = __builtin_convertvector(h, vu) << 16;
-  vf v; std::memcpy(&v, &u, sizeof v); return v;
-}
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline void store(at::BFloat16* p, vf v) {
-  alignas(64) float f[kLanes]; std::memcpy(f, &v, sizeof v);
-  for (int l = 0; l < kLanes; ++l) p[l] = static_cast<at::BFloat16>(f[l]);
-}
-inline vf splat(float x) { return vf{} + x; }
-
-// Sum of the 16 lanes in a fixed tree (lane l += lane l+8, then l += l+4, l+2, l+1), in registers.
-inline float hsum(vf v) {
-  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
-  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
-  v += __builtin_shufflevector(v, v, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
-  return v[0];
-}
-
-// exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2/2, 2^n from the exponent bits, exp(r) by a degree-6
-// polynomial (relative error ~2e-7). Written out so every build computes the same bits.
-inline vf vexp(vf x) {
-  x = x < -87.0f ? splat(-87.0f) : x;
-  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf n = (x * 1.44269504088896341f + magic) - magic;
-  vf r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-  vf p = splat(1.0f / 720) ;
-  p = p * r + 1.0f / 120; p = p * r + 1.0f / 24; p = p * r + 1.0f / 6; p = p * r + 0.5f; p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale; std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
+using namespace aios_vec;
 
 // exp(s_j - max) in place for j < n (zero past n, up to the next multiple of 16); returns the 16 lane
 // sums of the denominator, lane l summing j = l (mod 16) in key order.
