@@ -81,3 +81,39 @@ def test_smollm2_decode_row_alone_equals_beside_a_long_prompt(smollm2):
     alone = runner.run([Chunk(a, [5], 700)])[0]
     beside = runner.run([Chunk(b, [5], 700), Chunk(c, ids[:600], 0)])[0]
     assert torch.equal(alone, beside)
+
+
+@pytest.mark.parametrize("weights", ["as_loaded", "bfloat16"])
+def test_smollm2_round_robin_equals_transformers_generate(weights):
+    """The oracle outside the engine on the real model: plain ``model.generate`` (transformers' own
+    forward and cache), one request at a time, on the same weights, against the engine's greedy
+    answers under round robin with constant suspension. fp32 arithmetic, full weights or rounded to
+    bf16 values (``weights="bfloat16"``, stored in bf16 panels by the C++ matmul)."""
+    import torch
+
+    from aios.kernel import cpp_kernels
+    from aios.kernel.engine import LLMEngine
+    from aios.kernel.llm import load_model
+
+    model, tok = load_model("smollm2", device="cpu", dtype="float32", weights=weights)
+    eng = LLMEngine(model, tok, scheduler="rr", quantum=2, max_batch_size=4)
+    if weights == "bfloat16":
+        assert all(torch.equal(p, p.to(torch.bfloat16).float()) for p in model.parameters())
+        if cpp_kernels.linear() is not None:
+            assert eng.runner.layers[0].down.panels.dtype == torch.bfloat16
+    calls = [ask(i, n=16) for i in range(6)]  # 6 agents on 4 rows, 2-token slices
+    for c in calls:
+        eng.add(c)
+    eng.run_until_idle()
+    eng.close()
+    assert sum(c.result.preemptions for c in calls) > 0
+    for i, c in enumerate(calls):
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": c.request.messages[0].content}], add_generation_prompt=True, tokenize=False
+        )
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+        ref = out[0, ids.shape[1] :].tolist()
+        ref = ref[:-1] if ref and ref[-1] == tok.eos_token_id else ref
+        assert c.result.token_ids == ref, f"agent{i} ({weights}) differs from transformers generate"
