@@ -25,11 +25,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace {
 
 constexpr int kPanel = 16;  // columns per panel: two 8-lane registers
 constexpr int64_t kBlockK = 256;  // k per pass: a panel block (16 KB fp32) stays in L1 across a tile's rows
+constexpr int64_t kTile = 6;  // rows per register tile
 constexpr int64_t kBlockM = 96;  // rows per pass: their k block of x (96 KB) stays in L2 across panels
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -41,7 +43,9 @@ inline __m256 load8(const at::BFloat16* p) {
 // MR rows x NP panels: acc[i][2j + h] holds y[row i][panel j, lanes 8h..8h+7] over k in [k0, k1).
 // first: start from zero, else from y (a previous k block). last: add the bias (y rows are padded to
 // whole panels, so every load and store is a full 16 columns).
-template <int MR, int NP, typename W>
+// x: PACKED, the tile's rows interleaved by k (x[(k - k0) * 6 + i], one sequential stream); else row
+// i at x + i * ldx, k at x[k - k0].
+template <int MR, int NP, bool PACKED, typename W>
 inline void tile(const float* x, int64_t ldx, const W* const* panels, int64_t k0, int64_t k1,
                  float* y, int64_t ldy, const float* bias, bool first, bool last) {
   __m256 acc[MR][2 * NP];
@@ -58,7 +62,7 @@ inline void tile(const float* x, int64_t ldx, const W* const* panels, int64_t k0
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const __m256 xi = _mm256_broadcast_ss(x + i * ldx + k);
+      const __m256 xi = _mm256_broadcast_ss(PACKED ? x + (k - k0) * kTile + i : x + i * ldx + (k - k0));
 #pragma GCC unroll 16
       for (int j = 0; j < 2 * NP; ++j) acc[i][j] = _mm256_fmadd_ps(xi, w[j], acc[i][j]);
     }
@@ -71,30 +75,50 @@ inline void tile(const float* x, int64_t ldx, const W* const* panels, int64_t k0
                        last && bias != nullptr ? _mm256_add_ps(acc[i][j], _mm256_loadu_ps(bias + 8 * j)) : acc[i][j]);
 }
 
-// Rows [m0, M) of panel group g (NP panels from panel p0), k block [k0, k1): tiles of up to 6 rows
-// (12 accumulators + 2 weight registers + 1 broadcast of 16), or 4 panels for a lone row.
+// Rows [0, M) of NP panels from panel p0, k block [k0, k1). One or two rows (xp null): a row at a time
+// over up to 4 panels (8 loads in flight), x read in place. More rows: tiles of up to 6 rows
+// (12 accumulators + 2 weight registers + 1 broadcast of 16) over one panel, x from ``xp``
+// (``pack_x``).
 template <typename W>
-void rows(const float* x, int64_t M, int64_t K, const W* packed, int64_t p0, int np, int64_t k0, int64_t k1,
-          float* y, int64_t ldy, const float* bias, bool first, bool last) {
+void rows(const float* x, const float* xp, int64_t M, int64_t K, const W* packed, int64_t p0, int np, int64_t k0,
+          int64_t k1, float* y, int64_t ldy, const float* bias, bool first, bool last) {
   const W* panels[4];
   for (int j = 0; j < np; ++j) panels[j] = packed + (p0 + j) * K * kPanel;
-  const int64_t n0 = p0 * kPanel;
-  int64_t m = 0;
-#define TILE(MR, NP) tile<MR, NP, W>(x + m * K, K, panels, k0, k1, y + m * ldy + n0, ldy, bias == nullptr ? nullptr : bias + n0, first, last)
-  if (np == 4) {
-    for (; m < M; ++m) TILE(1, 4);
+  const int64_t n0 = p0 * kPanel, klen = k1 - k0;
+  const float* b = bias == nullptr ? nullptr : bias + n0;
+  if (xp == nullptr) {  // one or two rows: x read in place
+    for (int64_t m = 0; m < M; ++m) {
+      if (np == 4)
+        tile<1, 4, false, W>(x + m * K + k0, K, panels, k0, k1, y + m * ldy + n0, ldy, b, first, last);
+      else
+        tile<1, 1, false, W>(x + m * K + k0, K, panels, k0, k1, y + m * ldy + n0, ldy, b, first, last);
+    }
     return;
   }
-  for (; m + 6 <= M; m += 6) TILE(6, 1);
-  switch (M - m) {
-    case 5: TILE(5, 1); break;
-    case 4: TILE(4, 1); break;
-    case 3: TILE(3, 1); break;
-    case 2: TILE(2, 1); break;
-    case 1: TILE(1, 1); break;
-    default: break;
+  for (int64_t m = 0; m < M; m += kTile) {
+    const float* xt = xp + m * klen;  // tile m / 6 of the packed block
+    float* yt = y + m * ldy + n0;
+    switch (std::min<int64_t>(kTile, M - m)) {
+      case 6: tile<6, 1, true, W>(xt, 0, panels, k0, k1, yt, ldy, b, first, last); break;
+      case 5: tile<5, 1, true, W>(xt, 0, panels, k0, k1, yt, ldy, b, first, last); break;
+      case 4: tile<4, 1, true, W>(xt, 0, panels, k0, k1, yt, ldy, b, first, last); break;
+      case 3: tile<3, 1, true, W>(xt, 0, panels, k0, k1, yt, ldy, b, first, last); break;
+      case 2: tile<2, 1, true, W>(xt, 0, panels, k0, k1, yt, ldy, b, first, last); break;
+      default: tile<1, 1, true, W>(xt, 0, panels, k0, k1, yt, ldy, b, first, last); break;
+    }
   }
-#undef TILE
+}
+
+// Rows [0, M) x k block [k0, k1) into tiles of 6 rows, each interleaved by k: xp[t][k - k0][i] = x[6t + i][k]
+// (a short last tile keeps the stride 6). Values are copied, not changed.
+void pack_x(const float* x, int64_t M, int64_t K, int64_t k0, int64_t k1, float* xp) {
+  const int64_t klen = k1 - k0;
+  for (int64_t m = 0; m < M; m += kTile) {
+    const int64_t mr = std::min<int64_t>(kTile, M - m);
+    float* t = xp + m * klen;
+    for (int64_t i = 0; i < mr; ++i)
+      for (int64_t k = 0; k < klen; ++k) t[k * kTile + i] = x[(m + i) * K + k0 + k];
+  }
 }
 
 template <typename W>
@@ -105,17 +129,20 @@ void run(const float* x, int64_t M, int64_t K, const W* packed, int64_t P, float
   const int np = M <= 2 ? 4 : 1;
   const int64_t groups = (P + np - 1) / np;
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> xp(np == 1 ? (kBlockM + kTile) * kBlockK : 0);
     for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
       const int64_t k1 = std::min(K, k0 + kBlockK);
-      // Row blocks of kBlockM: their slice of x (96 x 256 floats) stays in L2 while every panel of
-      // this thread passes over it. Blocking rows, panels and k reorders nothing within a sum.
+      // Row blocks of kBlockM: their slice of x (96 x 256 floats), packed, stays in L2 while every
+      // panel of this thread passes over it. Blocking rows, panels and k reorders nothing within a sum.
       for (int64_t m0 = 0; m0 < M; m0 += kBlockM) {
         const int64_t mb = std::min(kBlockM, M - m0);
+        if (np == 1) pack_x(x + m0 * K, mb, K, k0, k1, xp.data());
         for (int64_t g = g0; g < g1; ++g) {
           const int64_t p0 = g * np;
           const int n = static_cast<int>(std::min<int64_t>(np, P - p0));
           for (int j = 0; j < (n == np ? 1 : n); ++j)
-            rows<W>(x + m0 * K, mb, K, packed, p0 + j, n == np ? np : 1, k0, k1, y + m0 * ldy, ldy, bias, k0 == 0, k1 == K);
+            rows<W>(x + m0 * K, np == 1 ? xp.data() : nullptr, mb, K, packed, p0 + j, n == np ? np : 1, k0, k1, y + m0 * ldy, ldy, bias,
+                    k0 == 0, k1 == K);
         }
       }
     }
