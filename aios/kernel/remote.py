@@ -94,6 +94,8 @@ class _Event:
 @dataclass(frozen=True)
 class _Text(_Event):
     text: str
+    token_ids: tuple[int, ...] | None = None  # the chunk's tokens, where the server sends them (vLLM)
+    prompt_ids: tuple[int, ...] | None = None  # the server's prompt tokens (vLLM: the first chunk only)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class _Remote:
 
     prompt: str | list[dict[str, Any]]  # rendered prompt (completions) or messages (chat)
     text: str = ""  # the partial output so far, across suspensions
+    prompt_ids: list[int] | None = None  # the server's own tokens of the prompt (token-id servers)
+    token_ids: list[int] | None = field(default_factory=list)  # every generated token; None once a chunk came without
     segments: int = 0
     stream: _Stream | None = None
     usage_completion: int = 0  # from the server's usage reports, when sent
@@ -155,9 +159,16 @@ class RemoteLLMCore:
         timeout: float = 600.0,
         api_key: str | None = None,
         send_priority: bool = True,
+        token_ids: bool | None = None,
     ):
         self.config = config
         self.send_priority = send_priority
+        # Token-id continuation (vLLM's ``return_token_ids``): a suspended request resumes from the
+        # server's own prompt tokens plus the tokens it generated, not from re-tokenized text (a cut
+        # inside a multi-token character re-tokenizes differently and changed a greedy answer).
+        # None: on when ``/models`` says the server is vLLM (other servers, ``transformers serve``
+        # among them, refuse unknown fields).
+        self._token_ids = token_ids
         self.base_url, self.model = parse_remote_model(config.model)
         if mode not in {"auto", "completions", "chat"}:
             raise ValueError("mode must be auto, completions or chat")
@@ -248,6 +259,16 @@ class RemoteLLMCore:
             self._by_id[seq.seq_id] = seq
             self.scheduler.add(seq, now)
 
+    def _wants_token_ids(self) -> bool:
+        if self._token_ids is None:
+            try:
+                resp = self.client.get(self.base_url + "/models", timeout=10.0)
+                owners = {m.get("owned_by") for m in resp.json().get("data", [])} if resp.status_code == 200 else set()
+            except Exception:  # noqa: BLE001 - a capability probe: any failure means "not vLLM"
+                owners = set()
+            self._token_ids = "vllm" in owners
+        return self.mode == "completions" and self._token_ids
+
     def _render(self, sc: LLMSyscall) -> tuple[str | list[dict[str, Any]], list[int]]:
         messages = [m.model_dump(exclude_none=True, exclude={"tool_calls"}) for m in sc.request.messages]
         if self.mode == "chat":
@@ -280,6 +301,10 @@ class RemoteLLMCore:
             body["priority"] = req.priority
         if self.mode == "completions":
             body["prompt"] = st.prompt + st.text
+            if self._wants_token_ids():
+                body["return_token_ids"] = True
+                if st.token_ids and st.prompt_ids is not None:
+                    body["prompt"] = st.prompt_ids + st.token_ids  # exactly what the model saw
             return "/completions", body
         messages = list(st.prompt)
         if st.text:
@@ -347,8 +372,9 @@ class RemoteLLMCore:
                         text = choice.get("text")
                         if text is None:
                             text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            put(_Text(seq_id, stream.gen, text))
+                        ids, prompt_ids = choice.get("token_ids"), choice.get("prompt_token_ids")
+                        if text or ids:  # a token that ends inside a character comes with ids, no text
+                            put(_Text(seq_id, stream.gen, text or "", _ints(ids), _ints(prompt_ids)))
                         if choice.get("finish_reason"):
                             put(_Finish(seq_id, stream.gen, choice["finish_reason"]))
             put(_End(seq_id, stream.gen))
@@ -377,13 +403,21 @@ class RemoteLLMCore:
         if seq is None or st is None or st.stream is None or st.stream.gen != ev.gen:
             return  # a finished sequence, or a stream we cancelled
         match ev:
-            case _Text(text=text):
+            case _Text(text=text, token_ids=ids, prompt_ids=prompt_ids):
                 if not st.first_token:
                     st.first_token = True
                     seq.syscall.mark_running()  # waiting time ends when the first token arrives
+                if prompt_ids is not None and st.prompt_ids is None:
+                    st.prompt_ids = list(prompt_ids)
                 st.text += text
-                seq.output_ids[0].append(-1)  # remote tokens have no ids here; one per chunk
-                seq.quantum_used += 1
+                if ids is None or st.token_ids is None:
+                    st.token_ids = None
+                    seq.output_ids[0].append(-1)  # no ids from this server: one token per chunk
+                    seq.quantum_used += 1
+                else:
+                    st.token_ids += ids
+                    seq.output_ids[0].extend(ids)
+                    seq.quantum_used += len(ids)
                 hit = self._stop_hit(seq, st)
                 if hit is not None:
                     st.text = st.text[:hit]
@@ -424,9 +458,10 @@ class RemoteLLMCore:
     def _finish(self, seq: Sequence, reason: str) -> None:
         st = self._cleanup(seq)
         text = st.text
-        ids = (
-            self.tokenizer(text, add_special_tokens=False)["input_ids"] if self.tokenizer is not None else []
-        )
+        if st.token_ids and reason != "stop" and seq.tokens_generated == len(st.token_ids):
+            ids = list(st.token_ids)  # the server's own tokens (a stop string cut the text, not them)
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if self.tokenizer is not None else []
         n = seq.tokens_generated  # one per streamed chunk
         if st.usage_seen and st.segments == 1:  # cancelled segments never report usage
             n = st.usage_completion or n
@@ -450,3 +485,7 @@ class RemoteLLMCore:
     def _fail(self, seq: Sequence, type_: str, message: str) -> None:
         self._cleanup(seq)
         seq.syscall.fail(type_, message)
+
+
+def _ints(v: Any) -> tuple[int, ...] | None:
+    return tuple(int(i) for i in v) if isinstance(v, list) else None
