@@ -138,6 +138,7 @@ class _Remote:
     text: str = ""  # the partial output so far, across suspensions
     prompt_ids: list[int] | None = None  # the server's own tokens of the prompt (token-id servers)
     token_ids: list[int] | None = field(default_factory=list)  # every generated token; None once a chunk came without
+    held: int = 0  # trailing tokens whose text the server holds back (they end inside a character)
     segments: int = 0
     stream: _Stream | None = None
     usage_completion: int = 0  # from the server's usage reports, when sent
@@ -169,6 +170,7 @@ class RemoteLLMCore:
         # None: on when ``/models`` says the server is vLLM (other servers, ``transformers serve``
         # among them, refuse unknown fields).
         self._token_ids = token_ids
+        self.regenerated = 0  # tokens dropped at a suspension inside a character, to be generated again
         self.base_url, self.model = parse_remote_model(config.model)
         if mode not in {"auto", "completions", "chat"}:
             raise ValueError("mode must be auto, completions or chat")
@@ -338,6 +340,14 @@ class RemoteLLMCore:
         if st.stream is not None:
             st.stream.cancel.set()
             st.stream = None
+        if st.held and st.token_ids:
+            # Cut inside a character (a preemption, not a slice's end): vLLM, given a prompt that ends
+            # inside one, streams the whole decoded prompt as output text (measured, 0.32). Drop those
+            # tokens instead; greedy decoding from the same tokens gives them again on resume.
+            del st.token_ids[-st.held :]
+            del seq.output_ids[0][-st.held :]
+            self.regenerated += st.held
+            st.held = 0
         seq.status = SeqStatus.SUSPENDED
         seq.preemptions += 1
         seq.syscall.mark_suspended()
@@ -417,7 +427,14 @@ class RemoteLLMCore:
                 else:
                     st.token_ids += ids
                     seq.output_ids[0].extend(ids)
-                    seq.quantum_used += len(ids)
+                    # A token that ends inside a character counts against the quantum only once the
+                    # character is complete: a slice never ends inside one (a 1-token quantum would
+                    # otherwise cut an emoji forever, see _suspend).
+                    if text:
+                        seq.quantum_used += st.held + len(ids)
+                        st.held = 0
+                    else:
+                        st.held += len(ids)
                 hit = self._stop_hit(seq, st)
                 if hit is not None:
                     st.text = st.text[:hit]
