@@ -94,9 +94,14 @@ class ModelRunner:
             else None
         )
         shapes = [lin.shape for lin in self.layers[0].linears()] + [self.lm_head.shape]
-        stable = stable_rows(shapes, self.dtype, self.device, self.head_dim) if batch_invariant else None
-        if stable is not None and self.cpp is not None:
-            stable = StableRows(stable.linear, 1)
+        if not batch_invariant:
+            stable = None
+        elif self.cpp is not None and all(lin.backend == "cpp" for lin in [*self.layers[0].linears(), self.lm_head]):
+            stable = StableRows(1, 1)  # fixed-order C++ matmuls and attention: invariant by construction
+        else:
+            stable = stable_rows(shapes, self.dtype, self.device, self.head_dim)
+            if self.cpp is not None:
+                stable = StableRows(stable.linear, 1)
         self.fixed_rows = stable is not None and None in (stable.linear, stable.attention)
         self.min_rows = 1 if stable is None else max_rows if self.fixed_rows else stable.linear
         self.attn_rows = 1 if stable is None else max_rows if self.fixed_rows else stable.attention
@@ -154,12 +159,14 @@ class ModelRunner:
         slot_t = torch.tensor([c.slot for c in chunks for _ in c.ids], dtype=torch.long, device=dev)
         groups = _groups(chunks, self, dev) if self.cpp is None else []
         pos_real = pos_t[:n_real]
+        # torch path: the rotary tables' rows for this step's positions, gathered once for all layers
+        cos_sin = None if self.ops is not None else (self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1))
         H, D = self.heads, self.head_dim
         x = self.model.model.embed_tokens(ids_t)
         delta = None  # what the previous sublayer adds to the residual stream x
         for li, layer in enumerate(self.layers):
             x, h = self._add_norm(x, delta, layer.w_in, layer.eps_in)
-            q, k, v = self._rope(layer.qkv(h), layer, pos_t)
+            q, k, v = self._rope(layer.qkv(h), layer, pos_t, cos_sin)
             o = self._attention(li, q, k, v, slot_t, pos_real, groups, layer.scaling)
             x, h = self._add_norm(x, layer.o(o.reshape(T, H * D)), layer.w_post, layer.eps_post)
             delta = layer.down(self._gated(layer, layer.gate_up(h)))
@@ -181,9 +188,9 @@ class ModelRunner:
         x = x if delta is None else x + delta
         return x, F.rms_norm(x, (x.shape[-1],), w, eps)
 
-    def _rope(self, qkv: torch.Tensor, layer: FusedLayer, pos_t: torch.Tensor):
+    def _rope(self, qkv: torch.Tensor, layer: FusedLayer, pos_t: torch.Tensor, cos_sin):
         """``q [T, H, D], k, v [T, KVH, D]`` of fused qkv rows, rotary embedding applied to q and k
-        (Qwen3's q/k norms first)."""
+        (Qwen3's q/k norms first). ``cos_sin``: the torch path's tables at ``pos_t``, ``[T, 1, D]`` each."""
         H, KVH, D, T = self.heads, self.kv_heads, self.head_dim, qkv.shape[0]
         v = qkv[:, (H + KVH) * D :].view(T, KVH, D)
         if self.ops is not None:
@@ -192,7 +199,7 @@ class ModelRunner:
         qk = qkv[:, : (H + KVH) * D].view(T, H + KVH, D)
         if layer.q_norm is not None:  # Qwen3
             qk = torch.cat([layer.q_norm(qk[:, :H]), layer.k_norm(qk[:, H:])], dim=1)
-        cos, sin = self.cos[pos_t].unsqueeze(1), self.sin[pos_t].unsqueeze(1)  # [T, 1, D]
+        cos, sin = cos_sin
         qk = torch.addcmul(qk * cos, torch.roll(qk, D // 2, dims=-1), sin)
         return qk[:, :H], qk[:, H:], v
 
