@@ -30,13 +30,24 @@ def _cache(dtype, slots=6, kvh=2, cap=192, d=32, seed=0):
     return (torch.randn(slots, kvh, cap, d, generator=g).to(dtype), torch.randn(slots, kvh, cap, d, generator=g).to(dtype))
 
 
+def _blocks(kc):
+    """The kernel's key layout: ``[S, KVH, cap, D]`` -> ``[S, KVH, cap/16, D, 16]`` (16-key blocks, transposed)."""
+    S, KVH, cap, D = kc.shape
+    return kc.reshape(S, KVH, cap // 16, 16, D).transpose(-1, -2).contiguous()
+
+
+def _plain(kb):
+    S, KVH, n, D, B = kb.shape
+    return kb.transpose(-1, -2).reshape(S, KVH, n * B, D)
+
+
 def _call(ext, q, kc, vc, slot, seen, scale):
     """Attention of rows that see ``seen`` keys: each row's own key/value is the one at ``seen - 1``,
-    passed as the step's new k, v (rewritten with the value it already holds)."""
+    passed as the step's new k, v (rewritten with the value it already holds). ``kc`` is plain."""
     pos = seen - 1
     k = torch.stack([kc[s, :, p] for s, p in zip(slot.tolist(), pos.tolist(), strict=True)])
     v = torch.stack([vc[s, :, p] for s, p in zip(slot.tolist(), pos.tolist(), strict=True)])
-    return ext.ragged_attention(q, k, v, kc, vc, slot, pos, scale)
+    return ext.ragged_attention(q, k, v, _blocks(kc), vc, slot, pos, scale)
 
 
 def _reference(q, kc, vc, slot, seen, scale):
@@ -52,12 +63,14 @@ def _reference(q, kc, vc, slot, seen, scale):
     return out
 
 
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matches_float64_softmax(ext, dtype):
-    kc, vc = _cache(dtype)
-    q = torch.randn(5, 6, 32).to(dtype)
+def test_matches_float64_softmax(ext, dtype, d):
+    kc, vc = _cache(dtype, d=d)
+    q = torch.randn(5, 6, d).to(dtype)
     slot, seen = torch.tensor([3, 0, 5, 3, 1]), torch.tensor([1, 17, 192, 64, 100])
     got = _call(ext, q, kc, vc, slot, seen, 0.17).double()
+    assert got.shape == q.shape
     ref = _reference(q, kc, vc, slot, seen, 0.17)
     tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the output is rounded to 8 bits of mantissa
     assert (got - ref).abs().max().item() < tol
@@ -88,7 +101,7 @@ def test_prompt_chunk_rows_equal_the_same_rows_alone(ext, dtype):
     """Consecutive positions of one slot are attended together (each key loaded once per tile); each
     row must still get exactly the bits it gets as a lone decode row."""
     kc, vc = _cache(dtype, cap=256)
-    n = 11  # tiles of 4, 4 and 3 rows
+    n = 11  # tiles of 8 and 3 rows (24 and 9 query vectors: 3 query heads per KV head)
     q = torch.randn(n + 2, 6, 32).to(dtype)
     slot = torch.tensor([2] * n + [4, 2])  # then a row of another slot, and a non-consecutive one
     seen = torch.tensor(list(range(90, 90 + n)) + [30, 200])
@@ -101,10 +114,11 @@ def test_prompt_chunk_rows_equal_the_same_rows_alone(ext, dtype):
 
 def test_writes_the_new_rows_before_attending(ext):
     """A prompt chunk's rows see each other's new keys: row 1 (position 1) attends to row 0's key too."""
-    kc, vc = torch.zeros(2, 1, 64, 16), torch.zeros(2, 1, 64, 16)
+    kb, vc = torch.zeros(2, 1, 4, 16, 16), torch.zeros(2, 1, 64, 16)
     k, v = torch.randn(2, 1, 16), torch.randn(2, 1, 16)
     q = torch.randn(2, 2, 16)
-    o = ext.ragged_attention(q, k, v, kc, vc, torch.tensor([1, 1]), torch.tensor([0, 1]), 0.25)
+    o = ext.ragged_attention(q, k, v, kb, vc, torch.tensor([1, 1]), torch.tensor([0, 1]), 0.25)
+    kc = _plain(kb)
     assert torch.equal(kc[1, 0, :2], k[:, 0]) and torch.equal(vc[1, 0, :2], v[:, 0])
     assert not kc[0].any() and not kc[1, :, 2:].any()  # nothing else written
     assert torch.equal(o[0], v[0, 0].expand(2, 16))  # position 0 sees only itself
@@ -114,6 +128,7 @@ def test_writes_the_new_rows_before_attending(ext):
 
 def test_bad_calls_are_refused(ext):
     kc, vc = _cache(torch.float32)
+    kc = _blocks(kc)
     q, k = torch.randn(1, 6, 32), torch.randn(1, 2, 32)
     before = kc.clone()
     for slot, pos in ((6, 5), (0, 192), (-1, 3), (0, -1)):
@@ -121,6 +136,8 @@ def test_bad_calls_are_refused(ext):
             ext.ragged_attention(q, k, k, kc, vc, torch.tensor([slot]), torch.tensor([pos]), 1.0)
     with pytest.raises(RuntimeError, match="one dtype"):
         ext.ragged_attention(q.bfloat16(), k, k, kc, vc, torch.tensor([0]), torch.tensor([3]), 1.0)
+    with pytest.raises(RuntimeError, match="shapes|key cache"):  # a plain key cache is not the kernel's layout
+        ext.ragged_attention(q, k, k, vc, vc, torch.tensor([0]), torch.tensor([3]), 1.0)
     assert torch.equal(kc, before)  # a refused call wrote nothing
 
 

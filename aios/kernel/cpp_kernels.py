@@ -11,7 +11,7 @@ alone or in any batch: the engine's exactness holds by construction where they a
 Each is compiled with torch's extension builder (g++ and ninja, about a minute once per machine;
 the build is cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``, and
 reused by every later process). A function returns the loaded module, or ``None`` where it cannot
-be built (no compiler; for ``linear``, a CPU without AVX2 and FMA) or is switched off
+be built (no compiler; for ``linear`` and ``attention``, a CPU without AVX2 and FMA) or is switched off
 (``AIOS_NO_CPP_ATTENTION=1``, ``AIOS_NO_CPP_LINEAR=1``, ``AIOS_NO_CPP_ROWWISE=1``): the callers then keep their eager or
 oneDNN paths. Which path a runner uses is fixed when it is created, so one engine never mixes them
 (they round differently).
@@ -65,8 +65,8 @@ def _load(stem: str):
 
 
 def attention():
-    """``ragged_attention(q, k, v, kc, vc, slot, pos, scale)``, or ``None``."""
-    return _load("attention")
+    """``ragged_attention(q, k, v, kc, vc, slot, pos, scale)``, or ``None`` (needs AVX2 and FMA: intrinsics)."""
+    return _load("attention") if {"avx2", "fma"} <= cpu_flags() else None
 
 
 def linear():
@@ -95,5 +95,5 @@ if __name__ == "__main__":  # `python -m aios.kernel.cpp_kernels`: build now (ma
     ok = True
     for stem, built in (("attention", attention()), ("linear", linear()), ("rowwise", rowwise())):
         print(f"C++ {stem} kernel: {built.__file__ if built else 'NOT built'}  (flags: {' '.join(build_flags())})")
-        ok = ok and (built is not None or stem == "linear" and not {"avx2", "fma"} <= cpu_flags())
+        ok = ok and (built is not None or stem != "rowwise" and not {"avx2", "fma"} <= cpu_flags())
     sys.exit(0 if ok else 1)

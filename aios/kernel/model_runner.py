@@ -77,12 +77,14 @@ class ModelRunner:
         self.max_len = max_len or getattr(cfg, "max_position_embeddings", 2048)
         self.layers, self.lm_head = _weights(model, self.heads, self.kv_heads, self.head_dim)
         self.eps = model.model.norm.variance_epsilon
+        # The C++ kernel attends each row alone in a fixed order: no padding rows, no gathers. It reads
+        # keys stored transposed in blocks of 16 positions (``SlotKVCache.key_block``).
+        self.cpp = cpp_kernels.attention() if cpp_attention and cpp_kernels.attention_usable(self.device, self.dtype) else None
         self.cache = SlotKVCache(
-            len(self.layers), max_rows, self.kv_heads, self.head_dim, self.dtype, self.device, self.max_len
+            len(self.layers), max_rows, self.kv_heads, self.head_dim, self.dtype, self.device, self.max_len,
+            key_block=16 if self.cpp is not None else 0,
         )
         self.free_slots: list[int] = list(range(max_rows))
-        # The C++ kernel attends each row alone in a fixed order: no padding rows, no gathers.
-        self.cpp = cpp_kernels.attention() if cpp_attention and cpp_kernels.attention_usable(self.device, self.dtype) else None
         # The row-wise glue in C++ too where the whole layer is on the fixed-order path (fp32 CPU
         # matmuls in ``linear.cpp``, Llama's SiLU MLP, no Qwen3 q/k norms): one call per op, not eight.
         self.ops = (
