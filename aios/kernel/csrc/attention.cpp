@@ -99,22 +99,26 @@ inline void score_tile_r(int R, const float* const* q, const T* kt, int64_t D, f
 
 // exp(s_j - max) in place for j < n (zero past n, up to the next multiple of 16); returns the 16 lane
 // sums of the denominator, lane l summing j = l (mod 16) in key order.
+// The 16 lanes are two 8-lane halves (``vf8``: lane-wise work on AVX2 compiles far better so).
 inline vf softmax_numerators(float* s, int64_t n, float mx) {
   const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
   for (int64_t j = n; j < padded; ++j) s[j] = mx;
-  vf den = vf{};
+  vf8 lo = vf8{}, hi = vf8{};
   for (int64_t j = 0; j < padded; j += kLanes) {
-    vf e = vexp(load(s + j) - mx);
-    if (j + kLanes > n) {
-      alignas(64) float f[kLanes];
-      std::memcpy(f, &e, sizeof e);
-      for (int64_t l = n - j; l < kLanes; ++l) f[l] = 0.f;
-      std::memcpy(&e, f, sizeof e);
+    vf8 e0 = vexp(load8f(s + j) - mx), e1 = vexp(load8f(s + j + 8) - mx);
+    store8f(s + j, e0);
+    store8f(s + j + 8, e1);
+    if (j + kLanes > n) {  // the row's last keys: lanes past n are not keys
+      for (int64_t l = n - j; l < kLanes; ++l) s[j + l] = 0.f;
+      e0 = load8f(s + j), e1 = load8f(s + j + 8);
     }
-    den += e;
-    store(s + j, e);
+    lo += e0;
+    hi += e1;
   }
-  return den;
+  alignas(64) float f[kLanes];
+  store8f(f, lo);
+  store8f(f + 8, hi);
+  return load(f);
 }
 
 // acc[d] = fma(e_j, v_j[d], acc[d]) for j in [j0, j1), d in [0, W) of one query vector: W / 8

@@ -13,6 +13,7 @@
 
 #include "vec.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace {
@@ -116,13 +117,26 @@ torch::Tensor silu_mul(torch::Tensor gu) {
   const float* gp = gu.data_ptr<float>();
   float* op = out.data_ptr<float>();
   at::parallel_for(0, T, 4, [&](int64_t t0, int64_t t1) {
+    alignas(32) float gb[8], ub[8], ob[8];
     for (int64_t t = t0; t < t1; ++t)
-      for (int64_t f = 0; f < F; f += kLanes) {
-        const vf g = load_part(gp + t * 2 * F + f, F - f), u = load_part(gp + t * 2 * F + F + f, F - f);
-        const vf neg = g < 0.0f ? g : -g;  // -|g|
-        const vf e = vexp(neg);              // exp(-|g|) <= 1
-        const vf sig = g < 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
-        store_part(op + t * F + f, g * sig * u, F - f);
+      for (int64_t f = 0; f < F; f += 8) {  // 8 lanes: lane-wise only, see vf8
+        const int64_t n = std::min<int64_t>(8, F - f);
+        const float *gs = gp + t * 2 * F + f, *us = gs + F;
+        if (n < 8) {  // a ragged tail, zero-padded
+          std::fill(gb, gb + 8, 0.f), std::fill(ub, ub + 8, 0.f);
+          std::copy(gs, gs + n, gb), std::copy(us, us + n, ub);
+          gs = gb, us = ub;
+        }
+        const vf8 g = load8f(gs), u = load8f(us);
+        const vf8 neg = g < 0.0f ? g : -g;  // -|g|
+        const vf8 e = vexp(neg);              // exp(-|g|) <= 1
+        const vf8 sig = g < 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
+        if (n == 8) {
+          store8f(op + t * F + f, g * sig * u);
+        } else {
+          store8f(ob, g * sig * u);
+          std::copy(ob, ob + n, op + t * F + f);
+        }
       }
   });
   return out;
