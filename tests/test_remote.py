@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -199,10 +200,14 @@ class FakeTokenServer:
                     if n == 0:
                         choice["prompt_token_ids"] = ids[:-1]
                 yield f"data: {json.dumps({'choices': [choice]})}\n\n".encode()
+                self._sent(text)
             yield f"data: {json.dumps({'choices': [{'index': 0, 'text': '', 'finish_reason': 'length'}]})}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse())
+
+    def _sent(self, text: str) -> None:
+        """Called once the client has read a chunk (``text`` empty: a token inside a character)."""
 
     @classmethod
     def _next(cls, ids: list[int]) -> int:
@@ -251,6 +256,70 @@ def test_resume_by_token_ids_survives_a_cut_inside_a_character(tiny_lm):
     resumed = [b["prompt"] for b in server.bodies if isinstance(b["prompt"], list)]
     assert resumed and all(FakeTokenServer._boundary(p) for p in resumed), "resumed inside a character"
     assert core.regenerated == 0  # 1-token slices end after whole characters, never inside one
+
+
+class GatedTokenServer(FakeTokenServer):
+    """Its first stream stops right after the client has read a token inside a character, until ``gate``
+    opens: a preemption then lands inside the character by construction, not by timing."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+        self.blocked = threading.Event()
+
+    def _sent(self, text: str) -> None:
+        if not text and not self.blocked.is_set():
+            self.blocked.set()
+            self.gate.wait(timeout=300)  # a hang guard; the test opens it
+
+
+def test_a_preemption_inside_a_character_drops_the_held_tokens(tiny_lm):
+    """Priority preemption while the kernel holds tokens of an incomplete character: it drops them
+    (``regenerated``) and resumes from ids that end on a character boundary (vLLM 0.32 would stream the
+    decoded prompt back otherwise); greedy decoding gives the same tokens again, so the answer equals the
+    uninterrupted one in text and ids."""
+    _, tok = tiny_lm
+
+    def kernel_on(server, scheduler):
+        config = KernelConfig(model="openai:http://fake.local/v1#fake-model", scheduler=scheduler, aging=0.0, max_batch_size=1)
+        core = RemoteLLMCore(config, tokenizer=tok, client=httpx.Client(transport=httpx.MockTransport(server)))
+        return Kernel(config, llm=core), core
+
+    kernel, _ = kernel_on(FakeTokenServer(), "fifo")
+    try:
+        refs = ask_all(kernel, PROMPTS, max_new_tokens=24)
+    finally:
+        kernel.shutdown()
+    prompt, ref = next((p, r) for p, r in zip(PROMPTS, refs, strict=True) if "\U0001f30d" in r.text)
+
+    server = GatedTokenServer()
+    kernel, core = kernel_on(server, "priority")
+    got: dict = {}
+
+    def low():
+        with aios.agent_context(kernel, "low"):
+            got["low"] = aios.chat(prompt, max_new_tokens=24).response
+
+    t = threading.Thread(target=low)
+    try:
+        t.start()
+        assert server.blocked.wait(timeout=300)
+        deadline = time.monotonic() + 300  # hang guard: until the kernel has taken in the held token
+        while not any(st.held for st in list(core._state.values())):
+            assert time.monotonic() < deadline, "the kernel never received the token inside the character"
+            time.sleep(0.01)
+        with aios.agent_context(kernel, "high"):  # better priority, one row: the low request is preempted
+            aios.chat(PROMPTS[0], max_new_tokens=4, priority=-100)
+        assert core.regenerated > 0  # the held tokens were dropped at the preemption
+        server.gate.set()
+        t.join(timeout=300)
+    finally:
+        server.gate.set()
+        kernel.shutdown()
+    assert got["low"].preemptions >= 1
+    assert got["low"].text == ref.text and got["low"].token_ids == ref.token_ids
+    resumed = [b["prompt"] for b in server.bodies if isinstance(b["prompt"], list)]
+    assert resumed and all(FakeTokenServer._boundary(p) for p in resumed), "resumed inside a character"
 
 
 def test_chat_mode_continues_final_message():
