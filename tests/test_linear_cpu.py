@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from aios.cpuinfo import cpu_flags
 from aios.kernel import cpp_kernels
-from aios.kernel.linear import Linear
+from aios.kernel.linear import Linear, q4_form
 
 pytestmark = pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason="the C++ matmul needs AVX2 and FMA")
 
@@ -96,6 +96,51 @@ def test_linear_uses_the_kernel_for_fp32_on_cpu(lin):
     x = torch.randn(3, 24)
     assert torch.allclose(layer(x), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
     assert Linear(w, pack=False).backend == "torch"
+
+
+def _q4_weight(n: int, k: int, seed: int) -> torch.Tensor:
+    """What a Q4_1 GGUF dequantizes to: per 32 inputs of an output, fp16 d and m, 4-bit codes, and
+    w = fl(fl(q * d) + m) in float32 (every block's codes reach 0 and 15, as the quantizer maps them)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (n, k // 32, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15
+    d = (torch.rand(n, k // 32, 1, generator=g) * 0.02 + 1e-4).half().float()
+    m = (-torch.rand(n, k // 32, 1, generator=g) * 0.2).half().float()
+    return ((q * d) + m).reshape(n, k)
+
+
+def test_q4_panels_give_the_float32_panels_bits(lin, monkeypatch):
+    """4-bit codes rebuild the very float32 weights, so the kernel's output equals the float32 panels'
+    bit for bit at every row count (1-2 rows rebuild in registers, more in L1), with bias and ragged N."""
+    w, b = _q4_weight(40, 576, 0), torch.randn(40)
+    codes, d, m = q4_form(w)
+    assert torch.equal((codes.reshape(40, 18, 32).float() * d[..., None]) + m[..., None], w.reshape(40, 18, 32))
+    layer = Linear(w, b)
+    assert layer.backend == "cpp" and layer.form == "q4"
+    assert layer.panels.numel() == 3 * 18 * 384  # 0.75 byte per weight (16-column panels, 40 -> 48)
+    monkeypatch.setenv("AIOS_NO_Q4_PANELS", "1")
+    plain = Linear(w, b)
+    assert plain.form == "fp32"
+    x = torch.randn(300, 576)
+    full = layer(x)
+    assert torch.equal(full, plain(x))
+    for rows in (1, 2, 3, 7, 97):
+        assert torch.equal(layer(x[:rows]), full[:rows]), rows
+        assert torch.equal(layer(x[-rows:]), full[-rows:]), rows
+
+
+def test_q4_form_refuses_what_it_cannot_rebuild_exactly():
+    w = _q4_weight(16, 64, 1)
+    assert q4_form(w) is not None
+    off = w.clone()
+    off[3, 40] = torch.nextafter(off[3, 40], torch.tensor(1.0))  # one weight one ulp away
+    assert q4_form(off) is None
+    assert Linear(off).form == "fp32"
+    assert q4_form(torch.randn(16, 64)) is None  # an ordinary float32 matrix
+    assert q4_form(torch.randn(16, 48)) is None  # K not a multiple of 32
+    nan = w.clone()
+    nan[0, 0] = float("nan")
+    assert q4_form(nan) is None
 
 
 def test_add_rms_norm(ops):

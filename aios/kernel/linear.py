@@ -9,7 +9,11 @@ Three backends, chosen once per weight:
    memory speed); 8 rows 28 against 42-55 ms; 32 rows level; prefill (512 rows) 86-95 against
    oneDNN's 86-102 GFLOP/s (x packed into k-interleaved 6-row tiles, as BLIS does).
    A weight whose values are all bf16 numbers (``weights="bfloat16"``) is stored in bf16 panels,
-   losslessly: half the bytes, the same float32 products and sums.
+   losslessly: half the bytes, the same float32 products and sums. A weight that is exactly what a
+   Q4_1 GGUF dequantizes to (``q4_form``: every 32 consecutive inputs of an output are
+   ``fl(fl(q * d) + m)``, q in 0..15; the embedded SmolLM2's decoder weights are) is stored as 4-bit
+   codes with each block's d and m, 0.75 byte per weight, and rebuilt in the kernel with the same two
+   roundings: the very float32 weights, so the same bits as float32 panels from a fifth of the bytes.
 2. **oneDNN with a pre-packed weight**: fp32 where the C++ kernel is not built, and bf16 where oneDNN
    has native bf16 (below).
 3. ``F.linear`` everywhere else (GPUs, a torch without oneDNN).
@@ -41,12 +45,50 @@ parameters stay as they are for any other caller (it costs one more copy of the 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from aios.kernel import cpp_kernels
 
 PACK_HINT = 8  # rows the packed layout is tuned for (decode batch sizes); any row count works
+Q4_BLOCK = 32  # inputs per (d, m) pair in a Q4_1 GGUF block
+
+
+@torch.inference_mode()
+def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(codes [N, K] uint8, d, m [N, K/32] float32)`` with ``w == fl(fl(codes * d) + m)`` for every
+    weight, bit for bit, or ``None``. ``m`` is each block's minimum (code 0); ``d`` is tried as the
+    span over the largest code (15 where the quantizer mapped the block's maximum there, as GGUF's
+    does; 14-12 otherwise), rounded to fp16 as GGUF stores it, then unrounded. Every weight is checked,
+    so a wrong guess only means the matrix keeps float32 panels."""
+    if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % Q4_BLOCK or not w.numel():
+        return None
+    N, K = w.shape
+    b = w.reshape(N, K // Q4_BLOCK, Q4_BLOCK)
+    m = b.amin(-1)
+    span = b.amax(-1) - m
+    if not torch.isfinite(span).all():
+        return None
+    d = torch.zeros_like(m)
+    codes = torch.zeros(b.shape, dtype=torch.uint8)
+    ok = span == 0  # a constant block: code 0, d 0
+    for top in (15, 14, 13, 12):
+        for cand in ((span / top).half().float(), span / top):
+            todo = ~ok
+            if not todo.any():
+                break
+            bt, mt, ct = b[todo], m[todo, None], cand[todo, None]
+            q = torch.round((bt - mt) / ct).clamp_(0, 15)
+            good = ((q * ct) + mt == bt).all(-1)  # two roundings, as the dequantizer's multiply then add
+            idx = todo.nonzero(as_tuple=True)
+            sel = tuple(i[good] for i in idx)
+            d[sel], codes[sel] = ct[good, 0], q[good].to(torch.uint8)
+            ok[sel] = True
+        if top == 15 and (~ok).float().mean() > 0.5:  # not a Q4 matrix: do not try harder
+            return None
+    return (codes.reshape(N, K), d, m) if bool(ok.all()) else None
 
 
 def can_pack(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -64,11 +106,17 @@ class Linear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, pack: bool = True):
         self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
         self.packed = self.panels = None
+        self.form = str(weight.dtype).removeprefix("torch.")  # how the C++ panels store it: fp32, bf16 or q4
         if pack and cpp_kernels.linear_usable(weight.device, weight.dtype):
             self._cpp = cpp_kernels.linear()
-            with torch.inference_mode():  # bf16 panels where that loses nothing (``llm.round_to_bf16``)
-                exact = torch.equal(self.weight.to(torch.bfloat16).to(weight.dtype), self.weight)
-                self.panels = self._cpp.pack(self.weight, torch.bfloat16 if exact else weight.dtype)
+            with torch.inference_mode():  # fewer bytes wherever that loses nothing
+                q4 = None if os.environ.get("AIOS_NO_Q4_PANELS") else q4_form(self.weight)
+                if q4 is not None:
+                    self.panels, self.form = self._cpp.pack_q4(*q4), "q4"
+                else:  # bf16 panels where the values are bf16 numbers (``llm.round_to_bf16``)
+                    exact = torch.equal(self.weight.to(torch.bfloat16).to(weight.dtype), self.weight)
+                    self.panels = self._cpp.pack(self.weight, torch.bfloat16 if exact else weight.dtype)
+                    self.form = "bf16" if exact else "fp32"
         elif pack and can_pack(weight.device, weight.dtype):
             with torch.inference_mode():
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), PACK_HINT)
@@ -83,7 +131,8 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.panels is not None:
-            return self._cpp.linear(x, self.panels, self.weight.shape[0], self.bias)
+            f = self._cpp.linear_q4 if self.form == "q4" else self._cpp.linear
+            return f(x, self.panels, self.weight.shape[0], self.bias)
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")

@@ -80,10 +80,8 @@ inline void tile(const float* x, int64_t ldx, const W* const* panels, int64_t k0
 // (12 accumulators + 2 weight registers + 1 broadcast of 16) over one panel, x from ``xp``
 // (``pack_x``).
 template <typename W>
-void rows(const float* x, const float* xp, int64_t M, int64_t K, const W* packed, int64_t p0, int np, int64_t k0,
-          int64_t k1, float* y, int64_t ldy, const float* bias, bool first, bool last) {
-  const W* panels[4];
-  for (int j = 0; j < np; ++j) panels[j] = packed + (p0 + j) * K * kPanel;
+void rows_at(const float* x, const float* xp, int64_t M, int64_t K, const W* const* panels, int64_t p0, int np,
+             int64_t k0, int64_t k1, float* y, int64_t ldy, const float* bias, bool first, bool last) {
   const int64_t n0 = p0 * kPanel, klen = k1 - k0;
   const float* b = bias == nullptr ? nullptr : bias + n0;
   if (xp == nullptr) {  // one or two rows: x read in place
@@ -107,6 +105,73 @@ void rows(const float* x, const float* xp, int64_t M, int64_t K, const W* packed
       default: tile<1, 1, true, W>(xt, 0, panels, k0, k1, yt, ldy, b, first, last); break;
     }
   }
+}
+
+template <typename W>
+void rows(const float* x, const float* xp, int64_t M, int64_t K, const W* packed, int64_t p0, int np, int64_t k0,
+          int64_t k1, float* y, int64_t ldy, const float* bias, bool first, bool last) {
+  const W* panels[4];
+  for (int j = 0; j < np; ++j) panels[j] = packed + (p0 + j) * K * kPanel;
+  rows_at<W>(x, xp, M, K, panels, p0, np, k0, k1, y, ldy, bias, first, last);
+}
+
+// ---- 4-bit panels: weights that are exactly fl(fl(q * d) + m), q in 0..15, per 32 consecutive k of a
+// column (what a Q4_1 GGUF dequantizes to, and so the embedded model's decoder weights). The kernel
+// rebuilds each weight with the same two roundings (a multiply, then an add: never fused), so it
+// multiplies by the very float32 weight the model holds, in the same order: the same bits as the
+// float32 panels, from 0.75 byte per weight instead of 4. ``q4_form`` in linear.py finds q, d, m
+// and checks every weight, or the matrix keeps float32 panels.
+struct Q4Block {  // one panel's 16 columns x 32 k
+  float d[kPanel], m[kPanel];
+  uint8_t c[32][8];  // c[k][j]: column j in the low nibble, column 8 + j in the high one
+};
+static_assert(sizeof(Q4Block) == 384, "Q4Block layout");
+
+// Weights of k row ``i`` of block ``b``: lanes 0-7 (lo) and 8-15 (hi).
+inline void dequant(const Q4Block& b, int i, __m256& lo, __m256& hi) {
+  const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.c[i])));
+  __m256 pl = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(15))), _mm256_loadu_ps(b.d));
+  __m256 ph = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(c, 4)), _mm256_loadu_ps(b.d + 8));
+  asm("" : "+x"(pl), "+x"(ph));  // keep the product rounded on its own: no fusing into the add
+  lo = _mm256_add_ps(pl, _mm256_loadu_ps(b.m));
+  hi = _mm256_add_ps(ph, _mm256_loadu_ps(b.m + 8));
+}
+
+// One panel's k block [k0, k1) (multiples of 32) as float32 [k1 - k0, 16], for the many-row tiles.
+void dequant_panel(const Q4Block* blocks, int64_t k0, int64_t k1, float* out) {
+  for (int64_t k = k0; k < k1; k += 32) {
+    const Q4Block& b = blocks[k / 32];
+    for (int i = 0; i < 32; ++i) {
+      __m256 lo, hi;
+      dequant(b, i, lo, hi);
+      _mm256_storeu_ps(out + (k - k0 + i) * kPanel, lo);
+      _mm256_storeu_ps(out + (k - k0 + i) * kPanel + 8, hi);
+    }
+  }
+}
+
+// One row x NP panels over [k0, k1), weights rebuilt in registers (decode: the bytes are the cost).
+template <int NP>
+inline void row_q4(const float* x, const Q4Block* const* panels, int64_t k0, int64_t k1, float* y, const float* bias,
+                   bool first, bool last) {
+  __m256 acc[2 * NP];
+#pragma GCC unroll 8
+  for (int j = 0; j < 2 * NP; ++j) acc[j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + 8 * j);
+  for (int64_t k = k0; k < k1; k += 32) {
+    for (int i = 0; i < 32; ++i) {
+      const __m256 xi = _mm256_broadcast_ss(x + k + i);
+#pragma GCC unroll 8
+      for (int j = 0; j < NP; ++j) {
+        __m256 lo, hi;
+        dequant(panels[j][k / 32], i, lo, hi);
+        acc[2 * j] = _mm256_fmadd_ps(xi, lo, acc[2 * j]);
+        acc[2 * j + 1] = _mm256_fmadd_ps(xi, hi, acc[2 * j + 1]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < 2 * NP; ++j)
+    _mm256_storeu_ps(y + 8 * j, last && bias != nullptr ? _mm256_add_ps(acc[j], _mm256_loadu_ps(bias + 8 * j)) : acc[j]);
 }
 
 // Rows [0, M) x k block [k0, k1) into tiles of 6 rows, each interleaved by k: xp[t][k - k0][i] = x[6t + i][k]
@@ -149,7 +214,102 @@ void run(const float* x, int64_t M, int64_t K, const W* packed, int64_t P, float
   });
 }
 
+// As ``run``, for 4-bit panels [P, K / 32] blocks. Few rows: weights rebuilt in registers, 4 panels at
+// a time. Many rows: each panel's k block rebuilt once into L1 (16 KB) and shared by the row tiles.
+void run_q4(const float* x, int64_t M, int64_t K, const Q4Block* packed, int64_t P, float* y, const float* bias) {
+  const int64_t ldy = P * kPanel, nkb = K / 32;
+  const int np = M <= 2 ? 4 : 1;
+  const int64_t groups = (P + np - 1) / np;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> xp(np == 1 ? (kBlockM + kTile) * kBlockK : 0), wbuf(np == 1 ? kBlockK * kPanel : 0);
+    for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+      const int64_t k1 = std::min(K, k0 + kBlockK);
+      for (int64_t m0 = 0; m0 < M; m0 += kBlockM) {
+        const int64_t mb = std::min(kBlockM, M - m0);
+        if (np == 1) pack_x(x + m0 * K, mb, K, k0, k1, xp.data());
+        for (int64_t g = g0; g < g1; ++g) {
+          const int64_t p0 = g * np;
+          const int n = static_cast<int>(std::min<int64_t>(np, P - p0));
+          const float* b = bias == nullptr ? nullptr : bias + p0 * kPanel;
+          if (np == 1) {
+            dequant_panel(packed + p0 * nkb, k0, k1, wbuf.data());
+            const float* panel = wbuf.data() - k0 * kPanel;  // tile() indexes the panel by absolute k
+            rows_at<float>(x + m0 * K, xp.data(), mb, K, &panel, p0, 1, k0, k1, y + m0 * ldy, ldy, bias, k0 == 0,
+                           k1 == K);
+            continue;
+          }
+          const Q4Block* panels[4];
+          for (int j = 0; j < n; ++j) panels[j] = packed + (p0 + j) * nkb;
+          for (int64_t m = 0; m < mb; ++m) {
+            const float* xr = x + (m0 + m) * K;
+            float* yr = y + (m0 + m) * ldy + p0 * kPanel;
+            if (n == 4) {
+              row_q4<4>(xr, panels, k0, k1, yr, b, k0 == 0, k1 == K);
+            } else {
+              for (int j = 0; j < n; ++j)
+                row_q4<1>(xr, panels + j, k0, k1, yr + j * kPanel, b == nullptr ? nullptr : b + j * kPanel, k0 == 0,
+                          k1 == K);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
+
+// codes [N, K] uint8 (0..15), d and m [N, K / 32] float32 -> 4-bit panels [ceil(N/16), K / 32, 384] uint8
+// (``Q4Block``s; padded columns rebuild to 0).
+torch::Tensor pack_q4(torch::Tensor codes, torch::Tensor d, torch::Tensor m) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.size(1) % 32 == 0, "pack_q4: codes [N, K] uint8, K % 32 == 0");
+  const int64_t N = codes.size(0), K = codes.size(1), nkb = K / 32, P = (N + kPanel - 1) / kPanel;
+  TORCH_CHECK(d.scalar_type() == at::kFloat && m.scalar_type() == at::kFloat && d.size(0) == N && d.size(1) == nkb &&
+                  m.sizes() == d.sizes(), "pack_q4: d and m [N, K / 32] float32");
+  TORCH_CHECK(codes.le(15).all().item<bool>(), "pack_q4: codes are 4-bit");
+  auto cc = codes.contiguous(); auto dc = d.contiguous(); auto mc = m.contiguous();
+  auto out = torch::zeros({P, nkb, static_cast<int64_t>(sizeof(Q4Block))}, codes.options());
+  auto* blocks = reinterpret_cast<Q4Block*>(out.data_ptr<uint8_t>());
+  const uint8_t* cp = cc.data_ptr<uint8_t>();
+  const float* dp = dc.data_ptr<float>();
+  const float* mp = mc.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t p = n / kPanel, j = n % kPanel;
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      Q4Block& b = blocks[p * nkb + kb];
+      b.d[j] = dp[n * nkb + kb];
+      b.m[j] = mp[n * nkb + kb];
+      for (int i = 0; i < 32; ++i) {
+        const uint8_t q = cp[n * K + kb * 32 + i];
+        b.c[i][j % 8] |= static_cast<uint8_t>(j < 8 ? q : q << 4);
+      }
+    }
+  }
+  return out;
+}
+
+// x [M, K] float32, 4-bit panels from ``pack_q4``, N outputs, optional bias -> y [M, N] float32: the same
+// bits as ``linear`` on the float32 weights the codes rebuild.
+torch::Tensor linear_q4(torch::Tensor x, torch::Tensor packed, int64_t N, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(), "linear_q4: x must be [M, K] float32 on CPU");
+  TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.size(2) == sizeof(Q4Block) &&
+                  packed.size(1) * 32 == x.size(1), "linear_q4: packed weight does not match x");
+  TORCH_CHECK(N > (packed.size(0) - 1) * kPanel && N <= packed.size(0) * kPanel, "linear_q4: N does not match the panels");
+  auto xc = x.contiguous();
+  const int64_t M = xc.size(0), K = xc.size(1), P = packed.size(0);
+  const float* b = nullptr;
+  torch::Tensor bc;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, "linear_q4: bias must have N elements");
+    bc = torch::zeros({P * kPanel}, xc.options());
+    bc.narrow(0, 0, N).copy_(bias->reshape({N}));
+    b = bc.data_ptr<float>();
+  }
+  auto y = torch::empty({M, P * kPanel}, xc.options());
+  auto pc = packed.contiguous();
+  if (M > 0) run_q4(xc.data_ptr<float>(), M, K, reinterpret_cast<const Q4Block*>(pc.data_ptr<uint8_t>()), P, y.data_ptr<float>(), b);
+  return N == P * kPanel ? y : y.narrow(1, 0, N).contiguous();
+}
 
 // W [N, K] (float32 or bfloat16) -> panels [ceil(N/16), K, 16] of ``dtype``, zero-padded columns.
 torch::Tensor pack(torch::Tensor w, at::ScalarType dtype) {
@@ -193,4 +353,6 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor packed, int64_t N, c10::opti
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack", &pack, "W [N, K] -> panels [ceil(N/16), K, 16]");
   m.def("linear", &linear, "x [M, K] @ W.T (+ b), fixed summation order");
+  m.def("pack_q4", &pack_q4, "codes [N, K], d, m [N, K/32] -> 4-bit panels [ceil(N/16), K/32, 384]");
+  m.def("linear_q4", &linear_q4, "x [M, K] @ W.T (+ b) from 4-bit panels: the same bits as linear on the rebuilt W");
 }
