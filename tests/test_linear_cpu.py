@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from aios.cpuinfo import cpu_flags
 from aios.kernel import cpp_kernels
-from aios.kernel.linear import Linear, q4_form
+from aios.kernel.linear import Linear, q4_form, q8_form
 
 pytestmark = pytest.mark.skipif(not {"avx2", "fma"} <= cpu_flags(), reason="the C++ matmul needs AVX2 and FMA")
 
@@ -118,7 +118,7 @@ def test_q4_panels_give_the_float32_panels_bits(lin, monkeypatch):
     layer = Linear(w, b)
     assert layer.backend == "cpp" and layer.form == "q4"
     assert layer.panels.numel() == 3 * 18 * 384  # 0.75 byte per weight (16-column panels, 40 -> 48)
-    monkeypatch.setenv("AIOS_NO_Q4_PANELS", "1")
+    monkeypatch.setenv("AIOS_NO_CODED_PANELS", "1")
     plain = Linear(w, b)
     assert plain.form == "fp32"
     x = torch.randn(300, 576)
@@ -127,6 +127,29 @@ def test_q4_panels_give_the_float32_panels_bits(lin, monkeypatch):
     for rows in (1, 2, 3, 7, 97):
         assert torch.equal(layer(x[:rows]), full[:rows]), rows
         assert torch.equal(layer(x[-rows:]), full[-rows:]), rows
+
+
+def test_q8_panels_give_the_float32_panels_bits(lin, monkeypatch):
+    """A Q8_0 GGUF's values (fl(q * d), q an int8, fp16 d = max |w| / 127 per 32 inputs), as the embedded
+    model's LM head holds them: 8-bit codes, the float32 panels' bits at every row count."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-127, 128, (50, 576 // 32, 32), generator=g).float()
+    q[..., 0] = 127
+    d = (torch.rand(50, 576 // 32, 1, generator=g) * 0.01 + 1e-4).half().float()
+    w = (q * d).reshape(50, 576)
+    assert q4_form(w) is None
+    layer = Linear(w)
+    assert layer.form == "q8" and layer.panels.numel() == 4 * 18 * 640
+    monkeypatch.setenv("AIOS_NO_CODED_PANELS", "1")
+    plain = Linear(w)
+    x = torch.randn(130, 576)
+    full = layer(x)
+    assert torch.equal(full, plain(x))
+    for rows in (1, 2, 5, 97):
+        assert torch.equal(layer(x[:rows]), full[:rows]), rows
+    off = w.clone()
+    off[7, 100] = torch.nextafter(off[7, 100], torch.tensor(-1.0))
+    assert q8_form(off) is None
 
 
 def test_q4_form_refuses_what_it_cannot_rebuild_exactly():

@@ -14,6 +14,8 @@ Three backends, chosen once per weight:
    ``fl(fl(q * d) + m)``, q in 0..15; the embedded SmolLM2's decoder weights are) is stored as 4-bit
    codes with each block's d and m, 0.75 byte per weight, and rebuilt in the kernel with the same two
    roundings: the very float32 weights, so the same bits as float32 panels from a fifth of the bytes.
+   Likewise a Q8_0 GGUF's values (``q8_form``: ``fl(q * d)``, q an int8; the embedded model's
+   LM head) as 8-bit codes, 1.25 byte per weight. ``AIOS_NO_CODED_PANELS=1`` turns both off.
 2. **oneDNN with a pre-packed weight**: fp32 where the C++ kernel is not built, and bf16 where oneDNN
    has native bf16 (below).
 3. ``F.linear`` everywhere else (GPUs, a torch without oneDNN).
@@ -56,13 +58,18 @@ PACK_HINT = 8  # rows the packed layout is tuned for (decode batch sizes); any r
 Q4_BLOCK = 32  # inputs per (d, m) pair in a Q4_1 GGUF block
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per block (last dim): every float has the same bits (``==`` would let -0.0 pass for 0.0)."""
+    return (a.view(torch.int32) == b.view(torch.int32)).all(-1)
+
+
 @torch.inference_mode()
 def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(codes [N, K] uint8, d, m [N, K/32] float32)`` with ``w == fl(fl(codes * d) + m)`` for every
-    weight, bit for bit, or ``None``. ``m`` is each block's minimum (code 0); ``d`` is tried as the
-    span over the largest code (15 where the quantizer mapped the block's maximum there, as GGUF's
-    does; 14-12 otherwise), rounded to fp16 as GGUF stores it, then unrounded. Every weight is checked,
-    so a wrong guess only means the matrix keeps float32 panels."""
+    weight, bit for bit (a Q4_1 GGUF's dequantized values), or ``None``. ``m`` is each block's minimum
+    (code 0); ``d`` is tried as the span over the largest code (15 where the quantizer mapped the
+    block's maximum there, as GGUF's does; 14-12 otherwise), rounded to fp16 as GGUF stores it, then
+    unrounded. Every weight is checked, so a wrong guess only means the matrix is stored otherwise."""
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % Q4_BLOCK or not w.numel():
         return None
     N, K = w.shape
@@ -73,22 +80,41 @@ def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] 
         return None
     d = torch.zeros_like(m)
     codes = torch.zeros(b.shape, dtype=torch.uint8)
-    ok = span == 0  # a constant block: code 0, d 0
+    ok = _same_bits(b, m[..., None].expand_as(b))  # a constant block: code 0, d 0
     for top in (15, 14, 13, 12):
         for cand in ((span / top).half().float(), span / top):
             todo = ~ok
             if not todo.any():
                 break
             bt, mt, ct = b[todo], m[todo, None], cand[todo, None]
-            q = torch.round((bt - mt) / ct).clamp_(0, 15)
-            good = ((q * ct) + mt == bt).all(-1)  # two roundings, as the dequantizer's multiply then add
-            idx = todo.nonzero(as_tuple=True)
-            sel = tuple(i[good] for i in idx)
+            q = torch.round((bt - mt) / ct).clamp_(0, 15).nan_to_num_(0)
+            good = _same_bits((q * ct) + mt, bt)  # two roundings, as the dequantizer's multiply then add
+            sel = tuple(i[good] for i in todo.nonzero(as_tuple=True))
             d[sel], codes[sel] = ct[good, 0], q[good].to(torch.uint8)
             ok[sel] = True
         if top == 15 and (~ok).float().mean() > 0.5:  # not a Q4 matrix: do not try harder
             return None
     return (codes.reshape(N, K), d, m) if bool(ok.all()) else None
+
+
+@torch.inference_mode()
+def q8_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(codes [N, K] int8, d, m = 0)`` with ``w == fl(fl(codes * d) + 0)`` bit for bit (a Q8_0 GGUF's
+    dequantized values: d = max |w| / 127 of each 32-block, stored in fp16), or ``None``."""
+    if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % Q4_BLOCK or not w.numel():
+        return None
+    N, K = w.shape
+    b = w.reshape(N, K // Q4_BLOCK, Q4_BLOCK)
+    amax = b.abs().amax(-1)
+    if not torch.isfinite(amax).all():
+        return None
+    m = torch.zeros_like(amax)
+    for cand in ((amax / 127).half().float(), amax / 127):
+        c = cand[..., None]
+        q = torch.where(c > 0, b / c, 0).round_().clamp_(-128, 127)
+        if bool(_same_bits((q * c) + m[..., None], b).all()):
+            return q.to(torch.int8).reshape(N, K), cand, m
+    return None
 
 
 def can_pack(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -106,14 +132,17 @@ class Linear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, pack: bool = True):
         self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
         self.packed = self.panels = None
-        self.form = str(weight.dtype).removeprefix("torch.")  # how the C++ panels store it: fp32, bf16 or q4
+        self.form = str(weight.dtype).removeprefix("torch.")  # how the C++ panels store it: fp32, bf16, q4 or q8
         if pack and cpp_kernels.linear_usable(weight.device, weight.dtype):
             self._cpp = cpp_kernels.linear()
             with torch.inference_mode():  # fewer bytes wherever that loses nothing
-                q4 = None if os.environ.get("AIOS_NO_Q4_PANELS") else q4_form(self.weight)
-                if q4 is not None:
-                    self.panels, self.form = self._cpp.pack_q4(*q4), "q4"
-                else:  # bf16 panels where the values are bf16 numbers (``llm.round_to_bf16``)
+                coded = None
+                if not os.environ.get("AIOS_NO_CODED_PANELS"):
+                    for form, find, pack in (("q4", q4_form, self._cpp.pack_q4), ("q8", q8_form, self._cpp.pack_q8)):
+                        if (coded := find(self.weight)) is not None:
+                            self.panels, self.form = pack(*coded), form
+                            break
+                if coded is None:  # bf16 panels where the values are bf16 numbers (``llm.round_to_bf16``)
                     exact = torch.equal(self.weight.to(torch.bfloat16).to(weight.dtype), self.weight)
                     self.panels = self._cpp.pack(self.weight, torch.bfloat16 if exact else weight.dtype)
                     self.form = "bf16" if exact else "fp32"
@@ -131,7 +160,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.panels is not None:
-            f = self._cpp.linear_q4 if self.form == "q4" else self._cpp.linear
+            f = self._cpp.linear_coded if self.form in ("q4", "q8") else self._cpp.linear
             return f(x, self.panels, self.weight.shape[0], self.bias)
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)

@@ -121,26 +121,43 @@ void rows(const float* x, const float* xp, int64_t M, int64_t K, const W* packed
 // multiplies by the very float32 weight the model holds, in the same order: the same bits as the
 // float32 panels, from 0.75 byte per weight instead of 4. ``q4_form`` in linear.py finds q, d, m
 // and checks every weight, or the matrix keeps float32 panels.
+// Q8Block: the same with signed 8-bit codes (a Q8_0 GGUF's w = fl(q * d): m = 0, and + 0 changes no
+// bit of a nonzero product; the form check in linear.py compares bits).
 struct Q4Block {  // one panel's 16 columns x 32 k
   float d[kPanel], m[kPanel];
   uint8_t c[32][8];  // c[k][j]: column j in the low nibble, column 8 + j in the high one
 };
 static_assert(sizeof(Q4Block) == 384, "Q4Block layout");
+struct Q8Block {
+  float d[kPanel], m[kPanel];
+  int8_t c[32][kPanel];  // c[k][j]: column j
+};
+static_assert(sizeof(Q8Block) == 640, "Q8Block layout");
+
+inline void rebuild(__m256 ql, __m256 qh, const float* d, const float* m, __m256& lo, __m256& hi) {
+  __m256 pl = _mm256_mul_ps(ql, _mm256_loadu_ps(d)), ph = _mm256_mul_ps(qh, _mm256_loadu_ps(d + 8));
+  asm("" : "+x"(pl), "+x"(ph));  // keep the product rounded on its own: no fusing into the add
+  lo = _mm256_add_ps(pl, _mm256_loadu_ps(m));
+  hi = _mm256_add_ps(ph, _mm256_loadu_ps(m + 8));
+}
 
 // Weights of k row ``i`` of block ``b``: lanes 0-7 (lo) and 8-15 (hi).
 inline void dequant(const Q4Block& b, int i, __m256& lo, __m256& hi) {
   const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.c[i])));
-  __m256 pl = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(15))), _mm256_loadu_ps(b.d));
-  __m256 ph = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(c, 4)), _mm256_loadu_ps(b.d + 8));
-  asm("" : "+x"(pl), "+x"(ph));  // keep the product rounded on its own: no fusing into the add
-  lo = _mm256_add_ps(pl, _mm256_loadu_ps(b.m));
-  hi = _mm256_add_ps(ph, _mm256_loadu_ps(b.m + 8));
+  rebuild(_mm256_cvtepi32_ps(_mm256_and_si256(c, _mm256_set1_epi32(15))), _mm256_cvtepi32_ps(_mm256_srli_epi32(c, 4)),
+          b.d, b.m, lo, hi);
+}
+inline void dequant(const Q8Block& b, int i, __m256& lo, __m256& hi) {
+  const __m256i cl = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.c[i])));
+  const __m256i ch = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.c[i] + 8)));
+  rebuild(_mm256_cvtepi32_ps(cl), _mm256_cvtepi32_ps(ch), b.d, b.m, lo, hi);
 }
 
 // One panel's k block [k0, k1) (multiples of 32) as float32 [k1 - k0, 16], for the many-row tiles.
-void dequant_panel(const Q4Block* blocks, int64_t k0, int64_t k1, float* out) {
+template <typename B>
+void dequant_panel(const B* blocks, int64_t k0, int64_t k1, float* out) {
   for (int64_t k = k0; k < k1; k += 32) {
-    const Q4Block& b = blocks[k / 32];
+    const B& b = blocks[k / 32];
     for (int i = 0; i < 32; ++i) {
       __m256 lo, hi;
       dequant(b, i, lo, hi);
@@ -151,8 +168,8 @@ void dequant_panel(const Q4Block* blocks, int64_t k0, int64_t k1, float* out) {
 }
 
 // One row x NP panels over [k0, k1), weights rebuilt in registers (decode: the bytes are the cost).
-template <int NP>
-inline void row_q4(const float* x, const Q4Block* const* panels, int64_t k0, int64_t k1, float* y, const float* bias,
+template <typename B, int NP>
+inline void row_q(const float* x, const B* const* panels, int64_t k0, int64_t k1, float* y, const float* bias,
                    bool first, bool last) {
   __m256 acc[2 * NP];
 #pragma GCC unroll 8
@@ -214,9 +231,10 @@ void run(const float* x, int64_t M, int64_t K, const W* packed, int64_t P, float
   });
 }
 
-// As ``run``, for 4-bit panels [P, K / 32] blocks. Few rows: weights rebuilt in registers, 4 panels at
+// As ``run``, for coded panels [P, K / 32] blocks. Few rows: weights rebuilt in registers, 4 panels at
 // a time. Many rows: each panel's k block rebuilt once into L1 (16 KB) and shared by the row tiles.
-void run_q4(const float* x, int64_t M, int64_t K, const Q4Block* packed, int64_t P, float* y, const float* bias) {
+template <typename B>
+void run_q(const float* x, int64_t M, int64_t K, const B* packed, int64_t P, float* y, const float* bias) {
   const int64_t ldy = P * kPanel, nkb = K / 32;
   const int np = M <= 2 ? 4 : 1;
   const int64_t groups = (P + np - 1) / np;
@@ -238,16 +256,16 @@ void run_q4(const float* x, int64_t M, int64_t K, const Q4Block* packed, int64_t
                            k1 == K);
             continue;
           }
-          const Q4Block* panels[4];
+          const B* panels[4];
           for (int j = 0; j < n; ++j) panels[j] = packed + (p0 + j) * nkb;
           for (int64_t m = 0; m < mb; ++m) {
             const float* xr = x + (m0 + m) * K;
             float* yr = y + (m0 + m) * ldy + p0 * kPanel;
             if (n == 4) {
-              row_q4<4>(xr, panels, k0, k1, yr, b, k0 == 0, k1 == K);
+              row_q<B, 4>(xr, panels, k0, k1, yr, b, k0 == 0, k1 == K);
             } else {
               for (int j = 0; j < n; ++j)
-                row_q4<1>(xr, panels + j, k0, k1, yr + j * kPanel, b == nullptr ? nullptr : b + j * kPanel, k0 == 0,
+                row_q<B, 1>(xr, panels + j, k0, k1, yr + j * kPanel, b == nullptr ? nullptr : b + j * kPanel, k0 == 0,
                           k1 == K);
             }
           }
@@ -288,26 +306,54 @@ torch::Tensor pack_q4(torch::Tensor codes, torch::Tensor d, torch::Tensor m) {
   return out;
 }
 
-// x [M, K] float32, 4-bit panels from ``pack_q4``, N outputs, optional bias -> y [M, N] float32: the same
-// bits as ``linear`` on the float32 weights the codes rebuild.
-torch::Tensor linear_q4(torch::Tensor x, torch::Tensor packed, int64_t N, c10::optional<torch::Tensor> bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(), "linear_q4: x must be [M, K] float32 on CPU");
-  TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.size(2) == sizeof(Q4Block) &&
-                  packed.size(1) * 32 == x.size(1), "linear_q4: packed weight does not match x");
-  TORCH_CHECK(N > (packed.size(0) - 1) * kPanel && N <= packed.size(0) * kPanel, "linear_q4: N does not match the panels");
+// codes [N, K] int8, d and m [N, K / 32] float32 -> 8-bit panels [ceil(N/16), K / 32, 640] uint8 (``Q8Block``s).
+torch::Tensor pack_q8(torch::Tensor codes, torch::Tensor d, torch::Tensor m) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.size(1) % 32 == 0, "pack_q8: codes [N, K] int8, K % 32 == 0");
+  const int64_t N = codes.size(0), K = codes.size(1), nkb = K / 32, P = (N + kPanel - 1) / kPanel;
+  TORCH_CHECK(d.scalar_type() == at::kFloat && m.scalar_type() == at::kFloat && d.size(0) == N && d.size(1) == nkb &&
+                  m.sizes() == d.sizes(), "pack_q8: d and m [N, K / 32] float32");
+  auto cc = codes.contiguous(); auto dc = d.contiguous(); auto mc = m.contiguous();
+  auto out = torch::zeros({P, nkb, static_cast<int64_t>(sizeof(Q8Block))}, codes.options().dtype(at::kByte));
+  auto* blocks = reinterpret_cast<Q8Block*>(out.data_ptr<uint8_t>());
+  const int8_t* cp = cc.data_ptr<int8_t>();
+  const float* dp = dc.data_ptr<float>();
+  const float* mp = mc.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t p = n / kPanel, j = n % kPanel;
+    for (int64_t kb = 0; kb < nkb; ++kb) {
+      Q8Block& b = blocks[p * nkb + kb];
+      b.d[j] = dp[n * nkb + kb];
+      b.m[j] = mp[n * nkb + kb];
+      for (int i = 0; i < 32; ++i) b.c[i][j] = cp[n * K + kb * 32 + i];
+    }
+  }
+  return out;
+}
+
+// x [M, K] float32, coded panels from ``pack_q4`` or ``pack_q8``, N outputs, optional bias -> y [M, N]
+// float32: the same bits as ``linear`` on the float32 weights the codes rebuild.
+torch::Tensor linear_coded(torch::Tensor x, torch::Tensor packed, int64_t N, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.device().is_cpu(), "linear_coded: x must be [M, K] float32 on CPU");
+  const int64_t bs = packed.dim() == 3 ? packed.size(2) : 0;
+  TORCH_CHECK(packed.scalar_type() == at::kByte && (bs == sizeof(Q4Block) || bs == sizeof(Q8Block)) &&
+                  packed.size(1) * 32 == x.size(1), "linear_coded: packed weight does not match x");
+  TORCH_CHECK(N > (packed.size(0) - 1) * kPanel && N <= packed.size(0) * kPanel, "linear_coded: N does not match the panels");
   auto xc = x.contiguous();
   const int64_t M = xc.size(0), K = xc.size(1), P = packed.size(0);
   const float* b = nullptr;
   torch::Tensor bc;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, "linear_q4: bias must have N elements");
+    TORCH_CHECK(bias->numel() == N, "linear_coded: bias must have N elements");
     bc = torch::zeros({P * kPanel}, xc.options());
     bc.narrow(0, 0, N).copy_(bias->reshape({N}));
     b = bc.data_ptr<float>();
   }
   auto y = torch::empty({M, P * kPanel}, xc.options());
   auto pc = packed.contiguous();
-  if (M > 0) run_q4(xc.data_ptr<float>(), M, K, reinterpret_cast<const Q4Block*>(pc.data_ptr<uint8_t>()), P, y.data_ptr<float>(), b);
+  if (M > 0 && bs == sizeof(Q4Block))
+    run_q<Q4Block>(xc.data_ptr<float>(), M, K, reinterpret_cast<const Q4Block*>(pc.data_ptr<uint8_t>()), P, y.data_ptr<float>(), b);
+  else if (M > 0)
+    run_q<Q8Block>(xc.data_ptr<float>(), M, K, reinterpret_cast<const Q8Block*>(pc.data_ptr<uint8_t>()), P, y.data_ptr<float>(), b);
   return N == P * kPanel ? y : y.narrow(1, 0, N).contiguous();
 }
 
@@ -354,5 +400,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack", &pack, "W [N, K] -> panels [ceil(N/16), K, 16]");
   m.def("linear", &linear, "x [M, K] @ W.T (+ b), fixed summation order");
   m.def("pack_q4", &pack_q4, "codes [N, K], d, m [N, K/32] -> 4-bit panels [ceil(N/16), K/32, 384]");
-  m.def("linear_q4", &linear_q4, "x [M, K] @ W.T (+ b) from 4-bit panels: the same bits as linear on the rebuilt W");
+  m.def("pack_q8", &pack_q8, "codes [N, K] int8, d, m [N, K/32] -> 8-bit panels [ceil(N/16), K/32, 640]");
+  m.def("linear_coded", &linear_coded, "x [M, K] @ W.T (+ b) from 4- or 8-bit panels: the same bits as linear on the rebuilt W");
 }
