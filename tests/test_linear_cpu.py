@@ -112,12 +112,12 @@ def _q4_weight(n: int, k: int, seed: int) -> torch.Tensor:
 def test_q4_panels_give_the_float32_panels_bits(lin, monkeypatch):
     """4-bit codes rebuild the very float32 weights, so the kernel's output equals the float32 panels'
     bit for bit at every row count (1-2 rows rebuild in registers, more in L1), with bias and ragged N."""
-    w, b = _q4_weight(40, 576, 0), torch.randn(40)
+    w, b = _q4_weight(104, 576, 0), torch.randn(104)  # 7 panels: a group of 4 and a ragged group of 3
     codes, d, m = q4_form(w)
-    assert torch.equal((codes.reshape(40, 18, 32).float() * d[..., None]) + m[..., None], w.reshape(40, 18, 32))
+    assert torch.equal((codes.reshape(104, 18, 32).float() * d[..., None]) + m[..., None], w.reshape(104, 18, 32))
     layer = Linear(w, b)
     assert layer.backend == "cpp" and layer.form == "q4"
-    assert layer.panels.numel() == 3 * 18 * 384  # 0.75 byte per weight (16-column panels, 40 -> 48)
+    assert layer.panels.numel() == 7 * 18 * 384  # 0.75 byte per weight (16-column panels, 104 -> 112)
     monkeypatch.setenv("AIOS_NO_CODED_PANELS", "1")
     plain = Linear(w, b)
     assert plain.form == "fp32"
@@ -164,6 +164,33 @@ def test_q4_form_refuses_what_it_cannot_rebuild_exactly():
     nan = w.clone()
     nan[0, 0] = float("nan")
     assert q4_form(nan) is None
+
+
+def test_coded_forms_refuse_scales_whose_products_round(lin, monkeypatch):
+    """The kernel rebuilds a weight as one fused q * d + m, equal to the dequantizer's fl(fl(q * d) + m)
+    only when q * d is exact. With full-precision float32 scales most products round: such a matrix
+    holds Q4_1 / Q8_0 values bit for bit, yet must keep float32 panels (and their output)."""
+    g = torch.Generator().manual_seed(5)
+    d = torch.rand(4096, generator=g) * 0.02 + 1e-3  # 24 significant bits: q * d needs up to 28 (31 for q8)
+    for top, q_of in ((15, lambda n: torch.randint(0, 16, (n, 32), generator=g)),
+                      (127, lambda n: torch.randint(-127, 128, (n, 32), generator=g))):  # fmt: skip
+        q = q_of(len(d)).float()
+        q[:, 0], q[:, 1] = top, 0  # the code that maps the block's extreme, and the minimum 0 (m = 0)
+        # keep scales the form finds again from the block (d == extreme / top), whose products round
+        found = (q[:, :1] * d[:, None]).squeeze(1) / top == d
+        rounds = ~((q * d[:, None]).double() == q.double() * d[:, None].double()).all(-1)
+        keep = (found & rounds).nonzero().squeeze(1)[:64]
+        assert len(keep) == 64  # the premise: such scales exist, the form's first guesses reproduce them
+        w = (q[keep] * d[keep, None]).reshape(32, 64)  # w == fl(fl(q * d) + 0) bit for bit
+        form = q4_form if top == 15 else q8_form
+        assert form(w) is None
+        monkeypatch.setattr("aios.kernel.linear._exact_products", lambda q, d: torch.ones(q.shape[:-1], dtype=torch.bool))
+        assert form(w) is not None  # without the product check it would be taken: the check is what refuses it
+        monkeypatch.undo()
+        layer = Linear(w)
+        assert layer.form == "fp32"
+        x = torch.randn(3, 64)
+        assert torch.allclose(layer(x), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
 def test_add_rms_norm(ops):

@@ -63,11 +63,18 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.view(torch.int32) == b.view(torch.int32)).all(-1)
 
 
+def _exact_products(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Per block: ``q * d`` has no rounding error in float32 (float64 holds it exactly). Then the
+    dequantizer's ``fl(fl(q * d) + m)`` is ``fl(q * d + m)``, which the kernel computes as one fused
+    multiply-add. True of a GGUF's values: a 4- or 8-bit code times an fp16 scale needs 19 bits."""
+    return ((q * d).double() == q.double() * d.double()).all(-1)
+
+
 @torch.inference_mode()
 def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(codes [N, K] uint8, d, m [N, K/32] float32)`` with ``w == fl(fl(codes * d) + m)`` for every
-    weight, bit for bit (a Q4_1 GGUF's dequantized values), or ``None``. ``m`` is each block's minimum
-    (code 0); ``d`` is tried as the span over the largest code (15 where the quantizer mapped the
+    weight, bit for bit (a Q4_1 GGUF's dequantized values), and ``codes * d`` exact, or ``None``.
+    ``m`` is each block's minimum (code 0); ``d`` is tried as the span over the largest code (15 where the quantizer mapped the
     block's maximum there, as GGUF's does; 14-12 otherwise), rounded to fp16 as GGUF stores it, then
     unrounded. Every weight is checked, so a wrong guess only means the matrix is stored otherwise."""
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % Q4_BLOCK or not w.numel():
@@ -88,7 +95,7 @@ def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] 
                 break
             bt, mt, ct = b[todo], m[todo, None], cand[todo, None]
             q = torch.round((bt - mt) / ct).clamp_(0, 15).nan_to_num_(0)
-            good = _same_bits((q * ct) + mt, bt)  # two roundings, as the dequantizer's multiply then add
+            good = _same_bits((q * ct) + mt, bt) & _exact_products(q, ct)  # the dequantizer's two roundings
             sel = tuple(i[good] for i in todo.nonzero(as_tuple=True))
             d[sel], codes[sel] = ct[good, 0], q[good].to(torch.uint8)
             ok[sel] = True
@@ -99,8 +106,9 @@ def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] 
 
 @torch.inference_mode()
 def q8_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``(codes [N, K] int8, d, m = 0)`` with ``w == fl(fl(codes * d) + 0)`` bit for bit (a Q8_0 GGUF's
-    dequantized values: d = max |w| / 127 of each 32-block, stored in fp16), or ``None``."""
+    """``(codes [N, K] int8, d, m = 0)`` with ``w == fl(fl(codes * d) + 0)`` bit for bit and ``codes * d``
+    exact (a Q8_0 GGUF's dequantized values: d = max |w| / 127 of each 32-block, stored in fp16), or
+    ``None``."""
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % Q4_BLOCK or not w.numel():
         return None
     N, K = w.shape
@@ -112,7 +120,7 @@ def q8_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] 
     for cand in ((amax / 127).half().float(), amax / 127):
         c = cand[..., None]
         q = torch.where(c > 0, b / c, 0).round_().clamp_(-128, 127)
-        if bool(_same_bits((q * c) + m[..., None], b).all()):
+        if bool((_same_bits((q * c) + m[..., None], b) & _exact_products(q, c)).all()):
             return q.to(torch.int8).reshape(N, K), cand, m
     return None
 

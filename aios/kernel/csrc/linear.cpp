@@ -135,10 +135,11 @@ struct Q8Block {
 static_assert(sizeof(Q8Block) == 640, "Q8Block layout");
 
 inline void rebuild(__m256 ql, __m256 qh, const float* d, const float* m, __m256& lo, __m256& hi) {
-  __m256 pl = _mm256_mul_ps(ql, _mm256_loadu_ps(d)), ph = _mm256_mul_ps(qh, _mm256_loadu_ps(d + 8));
-  asm("" : "+x"(pl), "+x"(ph));  // keep the product rounded on its own: no fusing into the add
-  lo = _mm256_add_ps(pl, _mm256_loadu_ps(m));
-  hi = _mm256_add_ps(ph, _mm256_loadu_ps(m + 8));
+  // q * d is exact (``q4_form`` / ``q8_form`` check it for every weight: a code of 4 or 8 bits times
+  // an fp16 scale fits a float32), so fl(fl(q * d) + m), the dequantizer's two roundings, equals
+  // fl(q * d + m): one fused multiply-add, the same bits
+  lo = _mm256_fmadd_ps(ql, _mm256_loadu_ps(d), _mm256_loadu_ps(m));
+  hi = _mm256_fmadd_ps(qh, _mm256_loadu_ps(d + 8), _mm256_loadu_ps(m + 8));
 }
 
 // Weights of k row ``i`` of block ``b``: lanes 0-7 (lo) and 8-15 (hi).
@@ -167,28 +168,39 @@ void dequant_panel(const B* blocks, int64_t k0, int64_t k1, float* out) {
   }
 }
 
-// One row x NP panels over [k0, k1), weights rebuilt in registers (decode: the bytes are the cost).
-template <typename B, int NP>
-inline void row_q(const float* x, const B* const* panels, int64_t k0, int64_t k1, float* y, const float* bias,
-                   bool first, bool last) {
-  __m256 acc[2 * NP];
+// R rows (1-2) x NP panels over [k0, k1), weights rebuilt in registers once for all R rows (decode:
+// the rebuild, not the bytes, is the cost). Each row's sums are the 1-row order: rows share weights only.
+template <typename B, int NP, int R>
+inline void row_q(const float* x, int64_t ldx, const B* const* panels, int64_t k0, int64_t k1, float* y, int64_t ldy,
+                  const float* bias, bool first, bool last) {
+  __m256 acc[R][2 * NP];
 #pragma GCC unroll 8
-  for (int j = 0; j < 2 * NP; ++j) acc[j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + 8 * j);
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < 2 * NP; ++j) acc[r][j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + r * ldy + 8 * j);
   for (int64_t k = k0; k < k1; k += 32) {
     for (int i = 0; i < 32; ++i) {
-      const __m256 xi = _mm256_broadcast_ss(x + k + i);
+      __m256 xi[R];
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) xi[r] = _mm256_broadcast_ss(x + r * ldx + k + i);
 #pragma GCC unroll 8
       for (int j = 0; j < NP; ++j) {
         __m256 lo, hi;
         dequant(panels[j][k / 32], i, lo, hi);
-        acc[2 * j] = _mm256_fmadd_ps(xi, lo, acc[2 * j]);
-        acc[2 * j + 1] = _mm256_fmadd_ps(xi, hi, acc[2 * j + 1]);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          acc[r][2 * j] = _mm256_fmadd_ps(xi[r], lo, acc[r][2 * j]);
+          acc[r][2 * j + 1] = _mm256_fmadd_ps(xi[r], hi, acc[r][2 * j + 1]);
+        }
       }
     }
   }
 #pragma GCC unroll 8
-  for (int j = 0; j < 2 * NP; ++j)
-    _mm256_storeu_ps(y + 8 * j, last && bias != nullptr ? _mm256_add_ps(acc[j], _mm256_loadu_ps(bias + 8 * j)) : acc[j]);
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < 2 * NP; ++j)
+      _mm256_storeu_ps(y + r * ldy + 8 * j,
+                       last && bias != nullptr ? _mm256_add_ps(acc[r][j], _mm256_loadu_ps(bias + 8 * j)) : acc[r][j]);
 }
 
 // Rows [0, M) x k block [k0, k1) into tiles of 6 rows, each interleaved by k: xp[t][k - k0][i] = x[6t + i][k]
@@ -258,15 +270,21 @@ void run_q(const float* x, int64_t M, int64_t K, const B* packed, int64_t P, flo
           }
           const B* panels[4];
           for (int j = 0; j < n; ++j) panels[j] = packed + (p0 + j) * nkb;
-          for (int64_t m = 0; m < mb; ++m) {
-            const float* xr = x + (m0 + m) * K;
-            float* yr = y + (m0 + m) * ldy + p0 * kPanel;
-            if (n == 4) {
-              row_q<B, 4>(xr, panels, k0, k1, yr, b, k0 == 0, k1 == K);
-            } else {
-              for (int j = 0; j < n; ++j)
-                row_q<B, 1>(xr, panels + j, k0, k1, yr + j * kPanel, b == nullptr ? nullptr : b + j * kPanel, k0 == 0,
-                          k1 == K);
+          const float* xr = x + m0 * K;
+          float* yr = y + m0 * ldy + p0 * kPanel;
+          if (mb == 2 && n == 4) {  // two rows: 2 panels at a time (16 accumulators would spill)
+            row_q<B, 2, 2>(xr, K, panels, k0, k1, yr, ldy, b, k0 == 0, k1 == K);
+            row_q<B, 2, 2>(xr, K, panels + 2, k0, k1, yr + 2 * kPanel, ldy, b == nullptr ? nullptr : b + 2 * kPanel,
+                           k0 == 0, k1 == K);
+          } else if (mb == 1 && n == 4) {
+            row_q<B, 4, 1>(xr, K, panels, k0, k1, yr, ldy, b, k0 == 0, k1 == K);
+          } else {
+            for (int j = 0; j < n; ++j) {
+              const float* bj = b == nullptr ? nullptr : b + j * kPanel;
+              if (mb == 2)
+                row_q<B, 1, 2>(xr, K, panels + j, k0, k1, yr + j * kPanel, ldy, bj, k0 == 0, k1 == K);
+              else
+                row_q<B, 1, 1>(xr, K, panels + j, k0, k1, yr + j * kPanel, ldy, bj, k0 == 0, k1 == K);
             }
           }
         }
