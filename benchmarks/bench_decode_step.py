@@ -9,8 +9,8 @@ are the ones to quote on a quiet machine; the CPU figures compare changes on a b
 is a minimum (CPU) or median (wall) over the steps after a warm-up; the load average at start and end
 is in the JSON.
 
-``weight_mb`` is what a step must read from memory at any row count (the model's weights, with
-q/k/v and gate/up fused); ``floor_ms`` divides it by ``--bandwidth`` GB/s, a streaming read measured
+``weight_mb`` is what a step must read from memory at any row count (the weights as the matmuls store
+them: fp32, bf16 or coded panels; q/k/v and gate/up fused); ``floor_ms`` divides it by ``--bandwidth`` GB/s, a streaming read measured
 here with ``torch.sum`` on a 113 MB tensor (8-11 GB/s, 1-2 threads, on this machine).
 
     python benchmarks/bench_decode_step.py                    # SmolLM2, rows 1 and 8
@@ -87,7 +87,8 @@ def main() -> None:
     model, _ = load_bench_model(args.model)
     runner = ModelRunner(model, max(int(r) for r in args.rows.split(",")))
     lins = [lin for layer in runner.layers for lin in layer.linears()] + [runner.lm_head]
-    weight_mb = sum(lin.weight.numel() * lin.weight.element_size() for lin in lins) / 1e6
+    # what a step reads: the C++ panels as stored (fp32, bf16 or coded: 0.75 / 1.25 byte per weight), else the weights
+    weight_mb = sum((lin.weight if lin.panels is None else lin.panels).nbytes for lin in lins) / 1e6
     data = {"machine": machine_info(args.threads), "model": args.model, "dtype": str(runner.dtype),
             "weight_mb": weight_mb, "floor_ms": weight_mb / args.bandwidth, "bandwidth_gb_s": args.bandwidth,
             "rows": [measure(runner, int(r), args.threads, args.steps) for r in args.rows.split(",")],
