@@ -50,11 +50,13 @@ Policies
   Starvation: a call that has waited ``max_wait`` seconds in total runs ahead of, and preempts,
   every call that has not (oldest first).
   What it cannot do: it knows nothing of a call's length, so when agents arrive together it shares
-  the rows among them much as round robin would, level by level. On the multi-turn mix of
-  ``bench_agent_serving`` that puts it at 0.6x (quiet machine) to 0.7x (loaded) of FIFO without
-  reuse, simulated and measured, where SJF gets 0.5-0.55x because there ``max_new_tokens`` is exactly
-  each call's length (SJF is clairvoyant on that mix), and even clairvoyant SRPT on the agents'
-  total remaining tokens gets 0.49x-0.56x (``benchmarks/results/agent_mix_sim.md``).
+  the rows among them much as round robin would, level by level. On the heavy-tailed multi-turn mix
+  of ``bench_agent_serving`` (2026-12-03, today's engine) LAS + reuse measured 0.48x of FIFO without
+  reuse, RR + reuse 0.48x, FIFO + reuse 0.49x and clairvoyant SJF + reuse 0.45x (SJF is clairvoyant
+  there: ``max_new_tokens`` is exactly each call's length). Since decode steps became ~10 ms, prefill
+  is most of FIFO's time, so reuse does most of that gain and the order the rest; on the older,
+  slower engine the order mattered more (LAS 0.55-0.63x, clairvoyant SRPT 0.43-0.50x;
+  ``benchmarks/results/agent_mix_sim.md`` simulates both).
 
 Ties break by arrival, so every policy is deterministic for a given arrival order.
 """
