@@ -10,8 +10,8 @@ is a minimum (CPU) or median (wall) over the steps after a warm-up; the load ave
 is in the JSON.
 
 ``weight_mb`` is what a step must read from memory at any row count (the weights as the matmuls store
-them: fp32, bf16 or coded panels; q/k/v and gate/up fused); ``floor_ms`` divides it by ``--bandwidth`` GB/s, a streaming read measured
-here with ``torch.sum`` on a 113 MB tensor (8-11 GB/s, 1-2 threads, on this machine).
+them: fp32, bf16 or coded panels; q/k/v and gate/up fused); ``floor_ms`` divides it by
+``--bandwidth`` GB/s, a streaming read measured here with ``torch.sum`` on a 113 MB tensor (8-11 GB/s, 1-2 threads, on this machine).
 
     python benchmarks/bench_decode_step.py                    # SmolLM2, rows 1 and 8
     python benchmarks/bench_decode_step.py --model tiny       # checks it runs (figures mean nothing)

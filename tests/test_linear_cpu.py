@@ -184,7 +184,7 @@ def test_coded_forms_refuse_scales_whose_products_round(lin, monkeypatch):
         w = (q[keep] * d[keep, None]).reshape(32, 64)  # w == fl(fl(q * d) + 0) bit for bit
         form = q4_form if top == 15 else q8_form
         assert form(w) is None
-        monkeypatch.setattr("aios.kernel.linear._exact_products", lambda q, d: torch.ones(q.shape[:-1], dtype=torch.bool))
+        monkeypatch.setattr("aios.kernel.linear._exact_scales", lambda d, bits: torch.ones_like(d, dtype=torch.bool))
         assert form(w) is not None  # without the product check it would be taken: the check is what refuses it
         monkeypatch.undo()
         layer = Linear(w)

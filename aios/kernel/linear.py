@@ -63,20 +63,25 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.view(torch.int32) == b.view(torch.int32)).all(-1)
 
 
-def _exact_products(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Per block: ``q * d`` has no rounding error in float32 (float64 holds it exactly). Then the
+def _exact_scales(d: torch.Tensor, code_bits: int) -> torch.Tensor:
+    """Per scale: ``q * d`` is exact in float32 for every code ``|q| <= 2**code_bits``: ``d`` is 0, or a
+    normal float with at most ``24 - code_bits`` significant bits (a code below ``2**code_bits`` times
+    such a significand fits 24 bits; ``2**code_bits`` itself only moves the exponent). Then the
     dequantizer's ``fl(fl(q * d) + m)`` is ``fl(q * d + m)``, which the kernel computes as one fused
-    multiply-add. True of a GGUF's values: a 4- or 8-bit code times an fp16 scale needs 19 bits."""
-    return ((q * d).double() == q.double() * d.double()).all(-1)
+    multiply-add. True of a GGUF's fp16 scales (11 bits). Checked on the scales alone, not on every
+    product: the weights' own check is the start-up cost already."""
+    low = (1 << code_bits) - 1
+    normal = d.abs() >= torch.finfo(torch.float32).tiny
+    return (d == 0) | (normal & (d.view(torch.int32) & low == 0))
 
 
 @torch.inference_mode()
 def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(codes [N, K] uint8, d, m [N, K/32] float32)`` with ``w == fl(fl(codes * d) + m)`` for every
     weight, bit for bit (a Q4_1 GGUF's dequantized values), and ``codes * d`` exact, or ``None``.
-    ``m`` is each block's minimum (code 0); ``d`` is tried as the span over the largest code (15 where the quantizer mapped the
-    block's maximum there, as GGUF's does; 14-12 otherwise), rounded to fp16 as GGUF stores it, then
-    unrounded. Every weight is checked, so a wrong guess only means the matrix is stored otherwise."""
+    ``m`` is each block's minimum (code 0); ``d`` is tried as the span over the largest code (15 where
+    the quantizer mapped the block's maximum there, as GGUF's does; 14-12 otherwise), rounded to fp16
+    as GGUF stores it, then unrounded. Every weight is checked, so a wrong guess only means the matrix is stored otherwise."""
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % Q4_BLOCK or not w.numel():
         return None
     N, K = w.shape
@@ -95,7 +100,7 @@ def q4_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] 
                 break
             bt, mt, ct = b[todo], m[todo, None], cand[todo, None]
             q = torch.round((bt - mt) / ct).clamp_(0, 15).nan_to_num_(0)
-            good = _same_bits((q * ct) + mt, bt) & _exact_products(q, ct)  # the dequantizer's two roundings
+            good = _same_bits((q * ct) + mt, bt) & _exact_scales(ct[:, 0], 4)  # the dequantizer's two roundings
             sel = tuple(i[good] for i in todo.nonzero(as_tuple=True))
             d[sel], codes[sel] = ct[good, 0], q[good].to(torch.uint8)
             ok[sel] = True
@@ -120,7 +125,7 @@ def q8_form(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] 
     for cand in ((amax / 127).half().float(), amax / 127):
         c = cand[..., None]
         q = torch.where(c > 0, b / c, 0).round_().clamp_(-128, 127)
-        if bool((_same_bits((q * c) + m[..., None], b) & _exact_products(q, c)).all()):
+        if bool((_same_bits((q * c) + m[..., None], b) & _exact_scales(cand, 7)).all()):
             return q.to(torch.int8).reshape(N, K), cand, m
     return None
 

@@ -117,10 +117,10 @@ void rows(const float* x, const float* xp, int64_t M, int64_t K, const W* packed
 
 // ---- 4-bit panels: weights that are exactly fl(fl(q * d) + m), q in 0..15, per 32 consecutive k of a
 // column (what a Q4_1 GGUF dequantizes to, and so the embedded model's decoder weights). The kernel
-// rebuilds each weight with the same two roundings (a multiply, then an add: never fused), so it
-// multiplies by the very float32 weight the model holds, in the same order: the same bits as the
-// float32 panels, from 0.75 byte per weight instead of 4. ``q4_form`` in linear.py finds q, d, m
-// and checks every weight, or the matrix keeps float32 panels.
+// rebuilds each weight as fma(q, d, m), which equals the dequantizer's fl(fl(q * d) + m) because
+// q * d is exact (``rebuild``), so it multiplies by the very float32 weight the model holds, in the
+// same order: the same bits as the float32 panels, from 0.75 byte per weight instead of 4.
+// ``q4_form`` in linear.py finds q, d, m and checks every weight, or the matrix keeps float32 panels.
 // Q8Block: the same with signed 8-bit codes (a Q8_0 GGUF's w = fl(q * d): m = 0, and + 0 changes no
 // bit of a nonzero product; the form check in linear.py compares bits).
 struct Q4Block {  // one panel's 16 columns x 32 k
@@ -135,8 +135,8 @@ struct Q8Block {
 static_assert(sizeof(Q8Block) == 640, "Q8Block layout");
 
 inline void rebuild(__m256 ql, __m256 qh, const float* d, const float* m, __m256& lo, __m256& hi) {
-  // q * d is exact (``q4_form`` / ``q8_form`` check it for every weight: a code of 4 or 8 bits times
-  // an fp16 scale fits a float32), so fl(fl(q * d) + m), the dequantizer's two roundings, equals
+  // q * d is exact (``q4_form`` / ``q8_form`` accept only scales with few enough significant bits: a
+  // code of 4 or 8 bits times an fp16 scale fits a float32), so fl(fl(q * d) + m), the dequantizer's two roundings, equals
   // fl(q * d + m): one fused multiply-add, the same bits
   lo = _mm256_fmadd_ps(ql, _mm256_loadu_ps(d), _mm256_loadu_ps(m));
   hi = _mm256_fmadd_ps(qh, _mm256_loadu_ps(d + 8), _mm256_loadu_ps(m + 8));
@@ -243,8 +243,8 @@ void run(const float* x, int64_t M, int64_t K, const W* packed, int64_t P, float
   });
 }
 
-// As ``run``, for coded panels [P, K / 32] blocks. Few rows: weights rebuilt in registers, 4 panels at
-// a time. Many rows: each panel's k block rebuilt once into L1 (16 KB) and shared by the row tiles.
+// As ``run``, for coded panels [P, K / 32] blocks. One or two rows: weights rebuilt in registers, 4
+// panels at a time for one row, 2 for two (both rows share each rebuilt weight). Many rows: each panel's k block rebuilt once into L1 (16 KB) and shared by the row tiles.
 template <typename B>
 void run_q(const float* x, int64_t M, int64_t K, const B* packed, int64_t P, float* y, const float* bias) {
   const int64_t ldy = P * kPanel, nkb = K / 32;
